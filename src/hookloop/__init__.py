@@ -1,0 +1,85 @@
+"""hookloop: a small, fixed PyTorch training loop where every feature is a callback."""
+
+from .callback import Callback, class_to_name
+from .callbacks.progress import ProgbarLogger, ProgressBar
+from .callbacks.recorder import History, Recorder, TrainEval
+from .data import DataLoaders, TensorLoader, find_bs, to_device
+from .events import (
+    EVENTS,
+    CancelBackwardException,
+    CancelBatchException,
+    CancelEpochException,
+    CancelException,
+    CancelFitException,
+    CancelStepException,
+    CancelTrainException,
+    CancelValidException,
+)
+from .hyper import get_hyper, hyper_names, set_hyper
+from .learner import Learner, default_device
+from .metrics import (
+    AvgLoss,
+    AvgMetric,
+    AvgSmoothLoss,
+    Metric,
+    TorchMetric,
+    accuracy,
+    error_rate,
+    mae,
+    mse,
+)
+from .schedules import (
+    SchedCos,
+    SchedExp,
+    SchedLin,
+    SchedNo,
+    SchedPoly,
+    combine_scheds,
+    combined_cos,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Callback",
+    "class_to_name",
+    "ProgbarLogger",
+    "ProgressBar",
+    "History",
+    "Recorder",
+    "TrainEval",
+    "DataLoaders",
+    "TensorLoader",
+    "find_bs",
+    "to_device",
+    "EVENTS",
+    "CancelBackwardException",
+    "CancelBatchException",
+    "CancelEpochException",
+    "CancelException",
+    "CancelFitException",
+    "CancelStepException",
+    "CancelTrainException",
+    "CancelValidException",
+    "get_hyper",
+    "hyper_names",
+    "set_hyper",
+    "Learner",
+    "default_device",
+    "AvgLoss",
+    "AvgMetric",
+    "AvgSmoothLoss",
+    "Metric",
+    "TorchMetric",
+    "accuracy",
+    "error_rate",
+    "mae",
+    "mse",
+    "SchedCos",
+    "SchedExp",
+    "SchedLin",
+    "SchedNo",
+    "SchedPoly",
+    "combine_scheds",
+    "combined_cos",
+]

@@ -1,0 +1,183 @@
+"""The Callback base class, callback ordering, and the precomputed per-event dispatch table."""
+
+from __future__ import annotations
+
+import heapq
+import re
+import warnings
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from .events import EVENTS, LEGACY_ALIASES
+
+if TYPE_CHECKING:
+    from .learner import Learner
+
+_CAMEL_1 = re.compile("(.)([A-Z][a-z]+)")
+_CAMEL_2 = re.compile("([a-z0-9])([A-Z])")
+
+
+def camel_to_snake(name: str) -> str:
+    """`CSVLogger` -> `csv_logger`, `EarlyStopping` -> `early_stopping`."""
+    return _CAMEL_2.sub(r"\1_\2", _CAMEL_1.sub(r"\1_\2", name)).lower()
+
+
+def class_to_name(cls: type) -> str:
+    """snake_case of the class name without a trailing `Callback`."""
+    base = re.sub("Callback$", "", cls.__name__) or "callback"
+    return camel_to_snake(base)
+
+
+class Callback:
+    """Base class of every callback: override the event methods you need (`after_batch`, ...).
+
+    Attribute reads that the callback does not have fall through to the learner, so
+    `self.loss` is `self.learn.loss`. Write learner state through `self.learn.<name>`.
+
+    Class attributes:
+        order: tie-breaker for ordering; lower runs first (default 0).
+        run_before / run_after: classes or names this callback must run before / after.
+        run_train / run_valid: set False to skip the training / validation phase.
+        rank_zero_only: under torch.distributed, attach only on rank 0 (files, network, printing).
+    """
+
+    order: int = 0
+    run_before: tuple = ()
+    run_after: tuple = ()
+    run_train: bool = True
+    run_valid: bool = True
+    rank_zero_only: bool = False
+    learn: Learner | None = None
+
+    @property
+    def name(self) -> str:
+        """The attribute name under which the learner exposes this callback."""
+        return self.__dict__.get("_name") or class_to_name(type(self))
+
+    def __getattr__(self, key: str) -> Any:
+        # Only called when normal lookup fails: fall through to the learner, fastai style.
+        if key.startswith("__") or key in ("learn", "_name"):
+            raise AttributeError(key)
+        learn = self.__dict__.get("learn") or type(self).learn
+        if learn is None:
+            raise AttributeError(f"{type(self).__name__} has no attribute {key!r}")
+        return getattr(learn, key)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        learn = self.__dict__.get("learn")
+        if (
+            learn is not None
+            and key not in self.__dict__
+            and not hasattr(type(self), key)
+            and key in learn.__dict__
+        ):
+            warnings.warn(
+                f"{type(self).__name__} sets {key!r}, which shadows the learner's attribute; "
+                f"use `self.learn.{key}` to change the learner's state",
+                stacklevel=2,
+            )
+        object.__setattr__(self, key, value)
+
+    def state_dict(self) -> dict:
+        """Everything this callback needs to resume; empty by default."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict()` returned."""
+
+    def __repr__(self) -> str:
+        return type(self).__name__
+
+
+def _matches(ref: Any, cb: Callback) -> bool:
+    if isinstance(ref, type):
+        return isinstance(cb, ref)
+    return ref in (type(cb).__name__, cb.name)
+
+
+def sort_callbacks(cbs: Iterable[Callback]) -> list[Callback]:
+    """Stable topological sort on run_before/run_after, with `order` then insertion as tie-breakers."""
+    cbs = list(cbs)
+    n = len(cbs)
+    succ: list[set[int]] = [set() for _ in range(n)]
+    for i, cb in enumerate(cbs):
+        for j, other in enumerate(cbs):
+            if i == j:
+                continue
+            if any(_matches(r, other) for r in cb.run_before):
+                succ[i].add(j)
+            if any(_matches(r, other) for r in cb.run_after):
+                succ[j].add(i)
+    indeg = [0] * n
+    for i in range(n):
+        for j in succ[i]:
+            indeg[j] += 1
+    ready = [(cbs[i].order, i) for i in range(n) if indeg[i] == 0]
+    heapq.heapify(ready)
+    out: list[int] = []
+    while ready:
+        _, i = heapq.heappop(ready)
+        out.append(i)
+        for j in succ[i]:
+            indeg[j] -= 1
+            if indeg[j] == 0:
+                heapq.heappush(ready, (cbs[j].order, j))
+    if len(out) < n:
+        cycle = _find_cycle(succ, [i for i in range(n) if indeg[i] > 0])
+        names = " -> ".join(type(cbs[i]).__name__ for i in cycle + cycle[:1])
+        raise ValueError(f"callback ordering has a cycle (run_before/run_after): {names}")
+    return [cbs[i] for i in out]
+
+
+def _find_cycle(succ: list[set[int]], left: list[int]) -> list[int]:
+    # Every node left after Kahn's algorithm lies on or behind a cycle: walk until a repeat.
+    left_set = set(left)
+    path: list[int] = []
+    seen: dict[int, int] = {}
+    node = left[0]
+    while node not in seen:
+        seen[node] = len(path)
+        path.append(node)
+        node = min(j for j in succ[node] if j in left_set)
+    return path[seen[node] :]
+
+
+def _handler(cb: Callback, event: str) -> Callable | None:
+    # Look on the instance and class only, never through the learner fall-through.
+    if event in cb.__dict__ or hasattr(type(cb), event):
+        return getattr(cb, event)
+    return None
+
+
+def build_dispatch(cbs: list[Callback], phase: str) -> dict[str, tuple[Callable, ...]]:
+    """For each event, the tuple of bound methods to call; `phase` is 'train' or 'valid'."""
+    table: dict[str, list[Callable]] = {e: [] for e in EVENTS}
+    for cb in cbs:
+        if phase == "train" and not cb.run_train:
+            continue
+        if phase == "valid" and not cb.run_valid:
+            continue
+        for event in EVENTS:
+            h = _handler(cb, event)
+            if h is not None:
+                table[event].append(h)
+        for legacy, event in LEGACY_ALIASES.items():
+            h = _handler(cb, legacy)
+            if h is not None and _handler(cb, event) is None:
+                table[event].append(h)
+    return {e: tuple(hs) for e, hs in table.items()}
+
+
+def warn_legacy_names(cb: Callback) -> None:
+    """Warn once per attach for each fastai-book `begin_*` method the callback defines."""
+    for legacy, event in LEGACY_ALIASES.items():
+        if _handler(cb, legacy) is not None:
+            warnings.warn(
+                f"{type(cb).__name__}.{legacy} is the fastai-book name; it runs as {event}. "
+                f"Rename it to {event}.",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+
+
+__all__ = ["Callback", "sort_callbacks", "class_to_name", "camel_to_snake", "build_dispatch"]

@@ -1,0 +1,154 @@
+"""ProgressBar: a tqdm bar per phase and the per-epoch table (Keras name: ProgbarLogger)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from tqdm import tqdm
+
+from ..callback import Callback
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (where tqdm renders as a widget)."""
+    shell = sys.modules.get("IPython")
+    if shell is None:
+        return False
+    ip = shell.get_ipython() if hasattr(shell, "get_ipython") else None
+    return type(ip).__name__ == "ZMQInteractiveShell"
+
+
+class _LossBar(tqdm):
+    """tqdm that asks for the smoothed loss only when it redraws (no per-batch device sync)."""
+
+    def __init__(self, *args: Any, loss_fn: Any = None, **kwargs: Any) -> None:
+        self._loss_fn = loss_fn
+        super().__init__(*args, **kwargs)
+
+    @property
+    def format_dict(self) -> dict:
+        d = super().format_dict
+        fn = getattr(self, "_loss_fn", None)
+        if fn is not None:
+            d["postfix"] = fn()
+        return d
+
+
+def _notebook_bar_class() -> type | None:
+    try:
+        import ipywidgets  # noqa: F401
+        from tqdm.notebook import tqdm as notebook_tqdm
+    except ImportError:
+        return None
+
+    class _NotebookLossBar(notebook_tqdm):
+        def __init__(self, *args: Any, loss_fn: Any = None, **kwargs: Any) -> None:
+            self._loss_fn = loss_fn
+            super().__init__(*args, **kwargs)
+
+        @property
+        def format_dict(self) -> dict:
+            d = super().format_dict
+            fn = getattr(self, "_loss_fn", None)
+            if fn is not None:
+                d["postfix"] = fn()
+            return d
+
+    return _NotebookLossBar
+
+
+class ProgressBar(Callback):
+    """Shows a tqdm bar over the batches of each phase and prints the per-epoch table.
+
+    On a terminal or in a notebook the bar is drawn; elsewhere (logs, CI) only the table lines
+    are printed. The smoothed loss shown on the bar is read only when the bar redraws.
+
+    Args:
+        mininterval: minimum seconds between redraws (tqdm's `mininterval`).
+        leave: keep each finished bar on screen.
+        show_bar: force the bar on (True) or off (False); None decides from the output.
+    """
+
+    order = 60
+    rank_zero_only = True
+
+    def __init__(
+        self, mininterval: float = 0.1, leave: bool = False, show_bar: bool | None = None
+    ) -> None:
+        self.mininterval = mininterval
+        self.leave = leave
+        self.show_bar = show_bar
+        self.bar: Any = None
+        self._old_logger: Any = None
+
+    def before_fit(self) -> None:
+        notebook = in_notebook()
+        self._bar_cls = _notebook_bar_class() if notebook else _LossBar
+        if self.show_bar is not None:
+            self._draw = self.show_bar
+        else:
+            self._draw = notebook or sys.stderr.isatty()
+        if self._bar_cls is None:
+            self._bar_cls = _LossBar
+        self._old_logger = self.learn.logger
+        self.learn.logger = self._write
+
+    def _write(self, line: str) -> None:
+        if self._draw and self._bar_cls is _LossBar:
+            tqdm.write(line)
+        else:
+            print(line, flush=True)
+
+    def _open(self, desc: str, loss_fn: Any) -> None:
+        if not self._draw:
+            return
+        self._close()
+        self.bar = self._bar_cls(
+            total=len(self.learn.dl),
+            desc=f"epoch {self.learn.epoch} {desc}",
+            leave=self.leave,
+            mininterval=self.mininterval,
+            loss_fn=loss_fn,
+            dynamic_ncols=True,
+        )
+
+    def _close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def _loss_postfix(self) -> str:
+        recorder = getattr(self.learn, "recorder", None)
+        return f"loss={recorder.smooth_loss:.4f}" if recorder is not None else ""
+
+    def before_train(self) -> None:
+        self._open("train", self._loss_postfix)
+
+    def before_validate(self) -> None:
+        if getattr(self, "_draw", False):
+            self._open("valid", None)
+
+    def after_batch(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def after_train(self) -> None:
+        self._close()
+
+    def after_validate(self) -> None:
+        self._close()
+
+    def after_fit(self) -> None:
+        self._close()
+        if self._old_logger is not None:
+            self.learn.logger = self._old_logger
+            self._old_logger = None
+
+    def after_exception(self) -> None:
+        self.after_fit()
+
+
+ProgbarLogger = ProgressBar
+
+__all__ = ["ProgressBar", "ProgbarLogger", "in_notebook"]

@@ -1,0 +1,449 @@
+"""Always-on bookkeeping: TrainEval (modes and counters), Recorder (losses, metrics, History)."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..callback import Callback
+from ..data import find_bs
+from ..metrics import AvgLoss, copy_metric
+
+# Keras spellings accepted wherever a recorded name is looked up.
+KERAS_TO_CANONICAL = {"loss": "train_loss", "val_loss": "valid_loss"}
+
+
+def keras_name(name: str) -> str:
+    """Canonical (fastai) name -> Keras logs key: `valid_loss` -> `val_loss`."""
+    if name == "train_loss":
+        return "loss"
+    if name == "valid_loss":
+        return "val_loss"
+    if name.startswith("train_"):
+        return name[len("train_") :]
+    return f"val_{name}"
+
+
+class History:
+    """What `fit` returns, as in Keras: `.history` (key -> per-epoch values), `.epoch`, `.params`."""
+
+    def __init__(self, params: dict | None = None) -> None:
+        self.history: dict[str, list[float]] = {}
+        self.epoch: list[int] = []
+        self.params: dict[str, Any] = dict(params or {})
+
+    def append(self, epoch: int, logs: dict[str, float]) -> None:
+        self.epoch.append(epoch)
+        for k, v in logs.items():
+            self.history.setdefault(k, []).append(v)
+
+    def __repr__(self) -> str:
+        return f"History(epochs={self.epoch}, keys={list(self.history)})"
+
+
+class TrainEval(Callback):
+    """Sets train/eval mode and advances `train_iter` and `pct_train` after each training batch."""
+
+    order = -10
+
+    def before_fit(self) -> None:
+        learn = self.learn
+        learn.train_iter, learn.pct_train = 0, 0.0
+        self._total = max(learn.n_epoch * len(learn.dls.train), 1)
+
+    def before_train(self) -> None:
+        self.learn.model.train()
+
+    def before_validate(self) -> None:
+        self.learn.model.eval()
+
+    def after_batch(self) -> None:
+        learn = self.learn
+        if learn._training:
+            learn.train_iter += 1
+            learn.pct_train = learn.train_iter / self._total
+
+
+def _to_float(v: Any) -> float:
+    if isinstance(v, torch.Tensor):
+        return float(v.detach().float().mean()) if v.numel() != 1 else float(v.detach())
+    return float(v)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return "#na#" if math.isnan(v) else f"{v:.6f}"
+    return str(v)
+
+
+def format_time(seconds: float) -> str:
+    """mm:ss (or h:mm:ss), like fastai's table."""
+    seconds = int(seconds)
+    h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+class Recorder(Callback):
+    """Records per-batch losses and hyper-parameters and per-epoch values; builds the History.
+
+    Per-batch losses stay on the device until read: they are converted once per epoch, or when
+    something (a progress bar redraw) asks for `smooth_loss`.
+
+    Args:
+        beta: smoothing of the per-batch loss (bias-corrected moving average).
+        add_time: add a `time` column to the epoch table.
+    """
+
+    order = 50
+
+    def __init__(self, beta: float = 0.98, add_time: bool = True) -> None:
+        self.beta = beta
+        self.add_time = add_time
+        self._fitting = False
+        self._mom_key: str | None = None
+        self.history = History()
+        self.last_validation: dict[str, float] = {}
+        self._reset_batches()
+        self.values: list[list[float]] = []
+        self.rows: list[dict[str, Any]] = []
+        self.log: dict[str, Any] = {}
+        self.logs: dict[str, float] = {}
+        self.metrics: list[float] = []
+        self.iters: list[int] = []
+
+    def _reset_batches(self) -> None:
+        self.losses: list[float] = []
+        self.smooth_losses: list[float] = []
+        self._pending: list[Any] = []
+        self._batch_bs: list[int] = []
+        self._ema = 0.0
+        self.hps: dict[str, list[float]] = {"lr": []}
+
+    # ---- names -----------------------------------------------------------------------------
+
+    @property
+    def metric_names(self) -> list[str]:
+        """Columns of the epoch table: epoch, train_loss, [train_<m>], valid_loss, <m>, time."""
+        learn = self.learn
+        names = ["epoch", "train_loss"]
+        if learn.train_metrics:
+            names += [f"train_{m.name}" for m in learn.metrics]
+        if learn.dls.valid is not None:
+            names += ["valid_loss"] + [m.name for m in learn.metrics]
+        if self.add_time:
+            names.append("time")
+        return names
+
+    def recorded_names(self) -> list[str]:
+        """Names with a numeric per-epoch value (all columns but epoch and time)."""
+        return [n for n in self.metric_names if n not in ("epoch", "time")]
+
+    def resolve(self, name: str) -> str:
+        """A fastai or Keras name -> the canonical recorded name; unknown names raise."""
+        names = self.recorded_names()
+        if name in names:
+            return name
+        canon = KERAS_TO_CANONICAL.get(name)
+        if canon is None and name.startswith("val_"):
+            canon = name[len("val_") :]
+        if canon in names:
+            return canon
+        keras = [keras_name(n) for n in names]
+        raise ValueError(
+            f"monitor name {name!r} matches no recorded value; recorded names are "
+            f"{', '.join(names)} (Keras spellings: {', '.join(keras)})"
+        )
+
+    def metric_object(self, name: str) -> Any:
+        """The metric object behind a canonical name (None for losses)."""
+        for m in self.learn.metrics:
+            if name in (m.name, f"train_{m.name}"):
+                return m
+        return None
+
+    # ---- events ----------------------------------------------------------------------------
+
+    def before_fit(self) -> None:
+        learn = self.learn
+        self._fitting = True
+        self._reset_batches()
+        self._mom_key = None
+        if learn.opt is not None:
+            self._mom_key = _mom_key(learn.opt.param_groups[-1])
+            if self._mom_key is not None:
+                self.hps["mom"] = []
+        self.values, self.rows, self.iters = [], [], []
+        self.history = History(
+            {"epochs": learn.n_epoch, "steps": len(learn.dls.train), "verbose": 1}
+        )
+        self._valid_loss = AvgLoss()
+        self._valid_mets = list(learn.metrics)
+        self._train_mets = [copy_metric(m) for m in learn.metrics] if learn.train_metrics else []
+        learn.logger(self._line(self.metric_names))
+
+    def after_fit(self) -> None:
+        self._fitting = False
+
+    def after_exception(self) -> None:
+        self._fitting = False
+
+    def before_epoch(self) -> None:
+        self._t0 = time.perf_counter()
+        self._row: dict[str, Any] = {"epoch": self.learn.epoch}
+        self._epoch_done = False
+        self._train_start = len(self.losses) + len(self._pending)
+
+    def before_train(self) -> None:
+        for m in self._train_mets:
+            m.reset()
+
+    def before_validate(self) -> None:
+        self._valid_loss.reset()
+        for m in self._valid_mets:
+            m.reset()
+
+    def after_batch(self) -> None:
+        learn = self.learn
+        if learn.loss is None:
+            return
+        if learn._training:
+            self._pending.append(learn.loss)
+            self._batch_bs.append(find_bs(learn.yb if learn.yb else learn.xb))
+            group = learn.opt.param_groups[-1]
+            self.hps["lr"].append(group["lr"])
+            if self._mom_key is not None:
+                mom = group[self._mom_key]
+                self.hps["mom"].append(mom[0] if self._mom_key == "betas" else mom)
+            for m in self._train_mets:
+                m.accumulate(learn)
+        else:
+            self._valid_loss.accumulate(learn)
+            for m in self._valid_mets:
+                m.accumulate(learn)
+
+    def after_train(self) -> None:
+        if not self._fitting:
+            return
+        self._flush()
+        start = self._train_start
+        losses, bs = self.losses[start:], self._batch_bs[start:]
+        total = sum(bs)
+        self._row["train_loss"] = (
+            sum(v * b for v, b in zip(losses, bs)) / total if total else float("nan")
+        )
+        for m in self._train_mets:
+            self._row[f"train_{m.name}"] = _to_float(m.value)
+        self.iters.append(len(self.losses))
+        if self.learn.dls.valid is None:
+            self._finish_epoch()
+
+    def after_validate(self) -> None:
+        vals = {"valid_loss": _to_float(self._valid_loss.value)}
+        for m in self._valid_mets:
+            vals[m.name] = _to_float(m.value)
+        self.last_validation = vals
+        if self._fitting and not self._epoch_done:
+            self._row.update(vals)
+            self._finish_epoch()
+
+    def after_epoch(self) -> None:
+        if not self._epoch_done:
+            self._finish_epoch()
+
+    def _finish_epoch(self) -> None:
+        # Runs at the end of validation, so every after_epoch handler sees the complete epoch.
+        self._epoch_done = True
+        row = self._row
+        if "train_loss" not in row:
+            self._flush()
+            row["train_loss"] = float("nan")
+        for n in self.metric_names:
+            if n not in row and n != "time":
+                row[n] = float("nan")
+        if self.add_time:
+            row["time"] = format_time(time.perf_counter() - self._t0)
+        self.rows.append(dict(row))
+        self.log = {n: row[n] for n in self.metric_names}
+        self.values.append([row[n] for n in self.recorded_names()])
+        self.metrics = [row[m.name] for m in self.learn.metrics if m.name in row]
+        self.logs = {keras_name(n): row[n] for n in self.recorded_names()}
+        self.history.append(row["epoch"], self.logs)
+        self.learn.logger(self._line([row[n] for n in self.metric_names]))
+
+    def _line(self, items: list) -> str:
+        widths = [max(len(n), 9) for n in self.metric_names]
+        return "  ".join(_fmt(v).ljust(w) for v, w in zip(items, widths)).rstrip()
+
+    # ---- per-batch values, read lazily ------------------------------------------------------
+
+    def _flush(self) -> None:
+        # One host-device transfer for all losses recorded since the last read.
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        vals = torch.stack([torch.as_tensor(v).detach().float().reshape(()) for v in pending])
+        beta = self.beta
+        for v in vals.tolist():
+            self.losses.append(v)
+            self._ema = beta * self._ema + (1 - beta) * v
+            self.smooth_losses.append(self._ema / (1 - beta ** len(self.losses)))
+
+    @property
+    def smooth_loss(self) -> float:
+        """The current smoothed training loss (reads pending losses from the device)."""
+        self._flush()
+        return self.smooth_losses[-1] if self.smooth_losses else float("nan")
+
+    @property
+    def lrs(self) -> list[float]:
+        """Learning rate of the last parameter group at each training batch."""
+        return self.hps["lr"]
+
+    def all_losses(self) -> list[float]:
+        """Every training batch's raw loss so far."""
+        self._flush()
+        return self.losses
+
+    # ---- plots -----------------------------------------------------------------------------
+
+    def plot_loss(
+        self, skip_start: int = 5, with_valid: bool = True, fname: str | Path | None = None
+    ) -> Any:
+        """Plot training (raw and smoothed) and validation losses; save a PNG if `fname`."""
+        from matplotlib.figure import Figure
+
+        self._flush()
+        fig = Figure(figsize=(6, 4))
+        ax = fig.add_subplot()
+        skip = min(skip_start, max(len(self.losses) - 1, 0))
+        xs = list(range(skip, len(self.losses)))
+        ax.plot(xs, self.losses[skip:], alpha=0.3, label="train (raw)")
+        ax.plot(xs, self.smooth_losses[skip:], label="train (smoothed)")
+        valid = [r.get("valid_loss") for r in self.rows]
+        if with_valid and self.iters and any(v is not None for v in valid):
+            ax.plot(self.iters[: len(valid)], valid, marker="o", label="valid")
+        ax.set_xlabel("training batch")
+        ax.set_ylabel("loss")
+        ax.legend()
+        fig.tight_layout()
+        if fname is not None:
+            save_png(fig, fname)
+        return fig
+
+    # ---- resume ----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        self._flush()
+        return {
+            "losses": list(self.losses),
+            "smooth_losses": list(self.smooth_losses),
+            "ema": self._ema,
+            "batch_bs": list(self._batch_bs),
+            "hps": {k: list(v) for k, v in self.hps.items()},
+            "rows": [dict(r) for r in self.rows],
+            "iters": list(self.iters),
+            "history": {
+                "history": {k: list(v) for k, v in self.history.history.items()},
+                "epoch": list(self.history.epoch),
+                "params": dict(self.history.params),
+            },
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.losses = list(state["losses"])
+        self.smooth_losses = list(state["smooth_losses"])
+        self._ema = state["ema"]
+        self._batch_bs = list(state["batch_bs"])
+        self.hps = {k: list(v) for k, v in state["hps"].items()}
+        self.rows = [dict(r) for r in state["rows"]]
+        self.iters = list(state["iters"])
+        h = state["history"]
+        self.history = History(h["params"])
+        self.history.history = {k: list(v) for k, v in h["history"].items()}
+        self.history.epoch = list(h["epoch"])
+        names = self.recorded_names()
+        self.values = [[r[n] for n in names if n in r] for r in self.rows]
+        if self.rows:
+            last = self.rows[-1]
+            self.log = {n: last[n] for n in self.metric_names if n in last}
+            self.logs = {keras_name(n): last[n] for n in names if n in last}
+            self.metrics = [last[m.name] for m in self.learn.metrics if m.name in last]
+
+
+def _mom_key(group: dict) -> str | None:
+    if "momentum" in group:
+        return "momentum"
+    if "betas" in group:
+        return "betas"
+    return None
+
+
+def save_png(fig: Any, fname: str | Path) -> Path:
+    """Save a matplotlib figure as PNG atomically (temp file in the same folder, then rename)."""
+    import io
+
+    from ..checkpoint import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return atomic_write_bytes(fname, buf.getvalue())
+
+
+class GatherPreds(Callback):
+    """Collects predictions, targets (and inputs, per-item losses) during `get_preds`."""
+
+    order = 100
+    run_train = False
+
+    def __init__(self, with_input: bool = False, with_loss: bool = False) -> None:
+        self.with_input, self.with_loss = with_input, with_loss
+        self._preds: list = []
+        self._targs: list = []
+        self._inputs: list = []
+        self._losses: list = []
+
+    def before_validate(self) -> None:
+        self._loss_none = _per_item_loss(self.learn.loss_func) if self.with_loss else None
+
+    def after_batch(self) -> None:
+        learn = self.learn
+        self._preds.append(learn.pred.detach())
+        if learn.yb:
+            self._targs.append(learn.yb[0].detach())
+        if self.with_input:
+            self._inputs.append(learn.xb[0].detach())
+        if self._loss_none is not None:
+            self._losses.append(self._loss_none(learn.pred, *learn.yb).detach())
+
+    def preds(self) -> torch.Tensor:
+        return torch.cat(self._preds)
+
+    def targets(self) -> torch.Tensor | None:
+        return torch.cat(self._targs) if self._targs else None
+
+    def inputs(self) -> torch.Tensor:
+        return torch.cat(self._inputs)
+
+    def losses(self) -> torch.Tensor:
+        return torch.cat(self._losses)
+
+
+def _per_item_loss(loss_func: Any) -> Any:
+    # A copy of the loss with reduction='none' (torch modules), or the function called with it.
+    import copy
+    import functools
+
+    if hasattr(loss_func, "reduction"):
+        lf = copy.copy(loss_func)
+        lf.reduction = "none"
+        return lf
+    return functools.partial(loss_func, reduction="none")
+
+
+__all__ = ["Recorder", "TrainEval", "History", "keras_name", "save_png", "GatherPreds"]

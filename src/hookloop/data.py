@@ -1,0 +1,217 @@
+"""DataLoaders: a (train, valid) pair, fast tensor-slicing loaders, and device transfer."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+class TensorLoader:
+    """Yields `(x[idx], y[idx], ...)` batches by slicing tensors: no per-sample collate.
+
+    Shuffling draws one permutation per epoch from a generator seeded by `(seed, epoch)`, so
+    the order of any epoch is reproducible and a run can restart at `(epoch, offset)`.
+
+    Args:
+        tensors: tensors sharing their first dimension.
+        bs: batch size.
+        shuffle: draw a new permutation each epoch.
+        seed: base seed of the permutations.
+        drop_last: drop the last, smaller batch.
+    """
+
+    def __init__(
+        self,
+        *tensors: torch.Tensor,
+        bs: int = 64,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        if not tensors:
+            raise ValueError("TensorLoader needs at least one tensor, got none")
+        n = len(tensors[0])
+        for t in tensors:
+            if len(t) != n:
+                raise ValueError(
+                    f"tensors must share their first dimension, got lengths "
+                    f"{[len(t) for t in tensors]}"
+                )
+        if not isinstance(bs, int) or bs < 1:
+            raise ValueError(f"bs must be a positive int, got {bs!r}")
+        self.tensors = tensors
+        self.bs = bs
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+        self.start = 0  # batches to skip in the next iteration (resume within an epoch)
+
+    @property
+    def dataset(self) -> Sequence:
+        return _TensorView(self.tensors)
+
+    @property
+    def n(self) -> int:
+        return len(self.tensors[0])
+
+    def __len__(self) -> int:
+        return self.n // self.bs if self.drop_last else math.ceil(self.n / self.bs)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the permutation of `epoch` (called by the learner before each epoch)."""
+        self.epoch = epoch
+
+    def order(self) -> torch.Tensor | None:
+        """The sample order of the current epoch, or None when sequential."""
+        if not self.shuffle:
+            return None
+        g = torch.Generator()
+        g.manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.n, generator=g).to(self.tensors[0].device)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        perm = self.order()
+        bs, n, ts = self.bs, self.n, self.tensors
+        stop = len(self) * bs
+        begin, self.start = self.start * bs, 0
+        if perm is None:
+            for i in range(begin, stop, bs):
+                yield tuple(t[i : i + bs] for t in ts)
+        else:
+            for i in range(begin, min(stop, n), bs):
+                idx = perm[i : i + bs]
+                yield tuple(t[idx] for t in ts)
+
+    def to(self, device: torch.device | str) -> TensorLoader:
+        """Move the tensors once, so batches need no per-step transfer."""
+        self.tensors = tuple(t.to(device) for t in self.tensors)
+        return self
+
+
+class _TensorView:
+    """Indexable view over tensors, so `loader.dataset[i]` works like a TensorDataset."""
+
+    def __init__(self, tensors: tuple[torch.Tensor, ...]) -> None:
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        return tuple(t[i] for t in self.tensors)
+
+
+class DataLoaders:
+    """A training loader and an optional validation loader: `dls.train`, `dls.valid`, `dls[0]`."""
+
+    def __init__(self, train: Any, valid: Any = None) -> None:
+        self.loaders = [train, valid]
+
+    @property
+    def train(self) -> Any:
+        return self.loaders[0]
+
+    @property
+    def valid(self) -> Any:
+        return self.loaders[1]
+
+    def __getitem__(self, i: int) -> Any:
+        return self.loaders[i]
+
+    def __len__(self) -> int:
+        return 2
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.loaders)
+
+    @classmethod
+    def from_tensors(
+        cls,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        valid_pct: float | None = 0.2,
+        valid: tuple[torch.Tensor, torch.Tensor] | None = None,
+        bs: int = 64,
+        shuffle: bool = True,
+        seed: int = 0,
+        valid_bs: int | None = None,
+        device: torch.device | str | None = None,
+    ) -> DataLoaders:
+        """Loaders that slice `x`, `y` directly. The validation split is `valid=(xv, yv)` or a
+        seeded random `valid_pct` of the samples (0 or None: no validation set)."""
+        x, y = torch.as_tensor(x), torch.as_tensor(y)
+        if len(x) != len(y):
+            raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
+        if valid is not None:
+            xv, yv = (torch.as_tensor(t) for t in valid)
+            xt, yt = x, y
+        elif valid_pct:
+            if not 0 < valid_pct < 1:
+                raise ValueError(f"valid_pct must be in (0, 1), got {valid_pct!r}")
+            g = torch.Generator()
+            g.manual_seed(seed)
+            perm = torch.randperm(len(x), generator=g)
+            n_valid = int(round(len(x) * valid_pct))
+            vi, ti = perm[:n_valid], perm[n_valid:]
+            xt, yt, xv, yv = x[ti], y[ti], x[vi], y[vi]
+        else:
+            xt, yt, xv, yv = x, y, None, None
+        if device is not None:
+            xt, yt = xt.to(device), yt.to(device)
+            if xv is not None:
+                xv, yv = xv.to(device), yv.to(device)
+        train = TensorLoader(xt, yt, bs=bs, shuffle=shuffle, seed=seed)
+        vl = None if xv is None else TensorLoader(xv, yv, bs=valid_bs or bs * 2)
+        return cls(train, vl)
+
+    @classmethod
+    def from_datasets(
+        cls,
+        train_ds: Dataset,
+        valid_ds: Dataset | None = None,
+        bs: int = 64,
+        shuffle: bool = True,
+        num_workers: int = 0,
+        valid_bs: int | None = None,
+        **kwargs: Any,
+    ) -> DataLoaders:
+        """torch DataLoaders over map-style datasets."""
+        train = DataLoader(
+            train_ds, batch_size=bs, shuffle=shuffle, num_workers=num_workers, **kwargs
+        )
+        valid = None
+        if valid_ds is not None:
+            valid = DataLoader(
+                valid_ds, batch_size=valid_bs or bs * 2, num_workers=num_workers, **kwargs
+            )
+        return cls(train, valid)
+
+
+def to_device(b: Any, device: torch.device) -> Any:
+    """Move a batch (tensors, possibly nested in tuples, lists and dicts) to `device`."""
+    if isinstance(b, torch.Tensor):
+        return b if b.device == device else b.to(device, non_blocking=True)
+    if isinstance(b, (tuple, list)):
+        return type(b)(to_device(o, device) for o in b)
+    if isinstance(b, dict):
+        return {k: to_device(v, device) for k, v in b.items()}
+    return b
+
+
+def find_bs(b: Any) -> int:
+    """The batch size of a batch: the first dimension of its first tensor."""
+    if isinstance(b, torch.Tensor):
+        return b.shape[0] if b.ndim else 1
+    if isinstance(b, (tuple, list)):
+        return find_bs(b[0])
+    if isinstance(b, dict):
+        return find_bs(next(iter(b.values())))
+    return len(b)
+
+
+__all__ = ["DataLoaders", "TensorLoader", "to_device", "find_bs"]

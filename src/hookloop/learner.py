@@ -1,0 +1,602 @@
+"""The Learner: the fixed training loop (fit / validate / get_preds), callback management, save/load."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .callback import Callback, build_dispatch, sort_callbacks, warn_legacy_names
+from .checkpoint import atomic_save, safe_load
+from .data import DataLoaders, find_bs, to_device
+from .distributed import rank
+from .events import (
+    CancelBackwardException,
+    CancelBatchException,
+    CancelEpochException,
+    CancelException,
+    CancelFitException,
+    CancelStepException,
+    CancelTrainException,
+    CancelValidException,
+)
+from .hyper import set_hyper
+from .metrics import as_metric
+
+# (before, after_cancel, after, exception) for each level of the loop.
+_LEVELS: dict[str, tuple[str, str, str, type[CancelException]]] = {
+    "fit": ("before_fit", "after_cancel_fit", "after_fit", CancelFitException),
+    "epoch": ("before_epoch", "after_cancel_epoch", "after_epoch", CancelEpochException),
+    "train": ("before_train", "after_cancel_train", "after_train", CancelTrainException),
+    "validate": (
+        "before_validate",
+        "after_cancel_validate",
+        "after_validate",
+        CancelValidException,
+    ),
+    "batch": ("before_batch", "after_cancel_batch", "after_batch", CancelBatchException),
+    "backward": (
+        "before_backward",
+        "after_cancel_backward",
+        "after_backward",
+        CancelBackwardException,
+    ),
+    "step": ("before_step", "after_cancel_step", "after_step", CancelStepException),
+}
+
+
+def default_device() -> torch.device:
+    """cuda, then mps, then cpu."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _as_dataloaders(dls: Any) -> DataLoaders:
+    if isinstance(dls, DataLoaders):
+        return dls
+    if isinstance(dls, (str, bytes, dict, torch.Tensor, nn.Module)) or dls is None:
+        raise TypeError(
+            f"dls must be a DataLoaders, a (train, valid) pair or one train loader; "
+            f"got {type(dls).__name__}"
+        )
+    if isinstance(dls, (tuple, list)):
+        if len(dls) != 2:
+            raise TypeError(f"dls as a tuple must be (train, valid), got {len(dls)} items")
+        return DataLoaders(dls[0], dls[1])
+    if hasattr(dls, "__iter__"):
+        return DataLoaders(dls, None)
+    raise TypeError(
+        f"dls must be a DataLoaders, a (train, valid) pair or one train loader; "
+        f"got {type(dls).__name__}"
+    )
+
+
+def _infer_loss_func(dls: DataLoaders) -> Callable | None:
+    # Like fastai: pick the loss from the targets' type, looked up without drawing a batch
+    # (drawing one would advance the sampler's random state).
+    try:
+        y = dls.train.dataset[0][-1]
+    except Exception:
+        return None
+    if isinstance(y, bool):
+        return None
+    if isinstance(y, int) or (isinstance(y, torch.Tensor) and not y.is_floating_point()):
+        return nn.CrossEntropyLoss()
+    if isinstance(y, float) or (isinstance(y, torch.Tensor) and y.is_floating_point()):
+        return nn.MSELoss()
+    return None
+
+
+def _accepts_kwarg(fn: Callable, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return True
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The user's module inside a DistributedDataParallel / DataParallel wrapper."""
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        return model.module
+    return model
+
+
+def _note(exc: BaseException, handler: Callable, event: str) -> None:
+    owner = getattr(handler, "__self__", None)
+    who = type(owner).__name__ if owner is not None else getattr(handler, "__name__", "handler")
+    note = f"raised in callback {who} during event {event}"
+    if note not in getattr(exc, "__notes__", ()):
+        exc.add_note(note)
+
+
+class Learner:
+    """Trains `model` on `dls` with `loss_func`; every feature beyond the bare loop is a callback.
+
+    Example:
+        learn = Learner(model, DataLoaders.from_tensors(x, y), nn.CrossEntropyLoss(),
+                        metrics=accuracy)
+        history = learn.fit(5, lr=1e-2)
+
+    Args:
+        model: the nn.Module to train. fastai's order `Learner(dls, model)` works too.
+        dls: a DataLoaders, a `(train, valid)` pair (valid may be None), or one train loader.
+        loss_func: `loss_func(pred, *yb) -> scalar`. None: inferred from the targets'
+            dtype (integer: CrossEntropyLoss, float: MSELoss).
+        opt_func: a torch optimizer class or a callable `params -> optimizer`.
+        lr: default learning rate (a float, or a slice for discriminative rates).
+        metrics: a function `f(pred, target)`, a metric object, or a list of them.
+        cbs: callbacks (instances or classes) kept on the learner.
+        wd: weight decay; None keeps the optimizer's default.
+        path, model_dir: `save`/`load` use `path/model_dir/<name>.pth`.
+        device: None picks cuda, then mps, then cpu.
+        train_metrics: also compute the metrics on the training set (`train_<name>`).
+        splitter: `model -> list of parameter lists`, one optimizer group per list.
+        callback_fns: fastai v1: callables taking the learner and returning a callback.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        dls: Any,
+        loss_func: Callable | None = None,
+        opt_func: Callable = torch.optim.AdamW,
+        lr: float | slice = 1e-3,
+        metrics: Any = None,
+        cbs: Any = None,
+        wd: float | None = None,
+        path: str | Path = ".",
+        model_dir: str | Path = "models",
+        device: torch.device | str | None = None,
+        train_metrics: bool = False,
+        splitter: Callable | None = None,
+        callback_fns: Iterable[Callable] | None = None,
+        n_inp: int | None = None,
+    ) -> None:
+        if isinstance(model, nn.Module) is False and isinstance(dls, nn.Module):
+            model, dls = dls, model  # fastai's argument order
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.dls = _as_dataloaders(dls)
+        if loss_func is not None and not callable(loss_func):
+            raise TypeError(f"loss_func must be callable, got {loss_func!r}")
+        if not callable(opt_func):
+            raise TypeError(f"opt_func must be an optimizer class or callable, got {opt_func!r}")
+        if metrics is None:
+            metrics = []
+        elif not isinstance(metrics, (list, tuple)):
+            metrics = [metrics]
+        self.metrics = [as_metric(m) for m in metrics]
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model = model.to(self.device)
+        self.loss_func = loss_func if loss_func is not None else _infer_loss_func(self.dls)
+        self.opt_func, self.lr, self.wd = opt_func, lr, wd
+        self.splitter = splitter
+        self.opt: torch.optim.Optimizer | None = None
+        self.path, self.model_dir = Path(path), Path(model_dir)
+        self.train_metrics = train_metrics
+        self.n_inp = n_inp
+        self.logger: Callable[[str], Any] = print
+        # Loop state that callbacks read and may write.
+        self.epoch, self.n_epoch, self.iter, self.n_iter = 0, 1, 0, 0
+        self.train_iter, self.pct_train = 0, 0.0
+        self.xb: tuple = ()
+        self.yb: tuple = ()
+        self.pred: Any = None
+        self.loss: Any = None
+        self.loss_grad: Any = None
+        self.dl: Any = None
+        self.exception: BaseException | None = None
+        self.cbs: list[Callback] = []
+        self._tables: dict[str, dict[str, tuple]] = {}
+        self._training = False
+        from .callbacks.progress import ProgressBar
+        from .callbacks.recorder import Recorder, TrainEval
+
+        self.add_cbs([TrainEval(), Recorder(), ProgressBar()])
+        self.add_cbs(cbs)
+        for fn in callback_fns or ():
+            self.add_cb(self._from_callback_fn(fn))
+
+    # ---- callbacks -------------------------------------------------------------------------
+
+    def _from_callback_fn(self, fn: Callable) -> Callback:
+        target = fn.func if isinstance(fn, functools.partial) else fn
+        if isinstance(target, type) and issubclass(target, Callback):
+            try:
+                return fn(self)
+            except TypeError:
+                return fn()
+        return fn(self)
+
+    def add_cb(self, cb: Callback | type) -> Learner:
+        """Attach a callback (an instance, or a class to instantiate); reachable as `learn.<name>`."""
+        if isinstance(cb, type):
+            cb = cb()
+        if not isinstance(cb, Callback):
+            raise TypeError(f"cbs: expected a Callback instance or class, got {cb!r}")
+        existing = self.__dict__.get(cb.name)
+        if existing is not None and not isinstance(existing, Callback):
+            raise ValueError(
+                f"callback name {cb.name!r} clashes with the learner attribute of that name"
+            )
+        warn_legacy_names(cb)
+        cb.learn = self
+        self.__dict__[cb.name] = cb
+        self.cbs.append(cb)
+        self._rebuild()
+        if hasattr(type(cb), "after_create"):
+            cb.after_create()
+        return self
+
+    def add_cbs(self, cbs: Any) -> Learner:
+        """Attach several callbacks (None, one, or an iterable)."""
+        for cb in _listify(cbs):
+            self.add_cb(cb)
+        return self
+
+    def remove_cb(self, cb: Callback | type) -> Learner:
+        """Detach a callback instance, or every attached callback of a class."""
+        if isinstance(cb, type):
+            for c in [c for c in self.cbs if isinstance(c, cb)]:
+                self.remove_cb(c)
+            return self
+        if cb in self.cbs:
+            self.cbs.remove(cb)
+            if self.__dict__.get(cb.name) is cb:
+                del self.__dict__[cb.name]
+            cb.learn = None
+            self._rebuild()
+        return self
+
+    def remove_cbs(self, cbs: Any) -> Learner:
+        """Detach several callbacks."""
+        for cb in _listify(cbs):
+            self.remove_cb(cb)
+        return self
+
+    @contextlib.contextmanager
+    def added_cbs(self, cbs: Any) -> Iterator[Learner]:
+        """Attach `cbs` for the duration of the block."""
+        before = list(self.cbs)
+        self.add_cbs(cbs)
+        added = [c for c in self.cbs if c not in before]
+        try:
+            yield self
+        finally:
+            self.remove_cbs(added)
+
+    @contextlib.contextmanager
+    def removed_cbs(self, cbs: Any) -> Iterator[Learner]:
+        """Detach `cbs` for the duration of the block, then put them back."""
+        removed = [c for c in _listify(cbs) if c in self.cbs]
+        self.remove_cbs(removed)
+        try:
+            yield self
+        finally:
+            self.add_cbs(removed)
+
+    @contextlib.contextmanager
+    def no_bar(self) -> Iterator[Learner]:
+        """Run without the progress bar (the per-epoch table is still logged)."""
+        from .callbacks.progress import ProgressBar
+
+        with self.removed_cbs([c for c in self.cbs if isinstance(c, ProgressBar)]):
+            yield self
+
+    def _rebuild(self) -> None:
+        # Precompute, per phase and event, the handlers to call; rebuilt only when cbs change.
+        self.cbs = sort_callbacks(self.cbs)
+        on_this_rank = [c for c in self.cbs if not (c.rank_zero_only and rank() != 0)]
+        self._tables = {
+            "train": build_dispatch(on_this_rank, "train"),
+            "valid": build_dispatch(on_this_rank, "valid"),
+        }
+        self._handlers = self._tables["train" if self._training else "valid"]
+
+    def show_loop(self) -> str:
+        """Print (and return), per event, the callbacks that run, in order."""
+        lines = []
+        train, valid = self._tables["train"], self._tables["valid"]
+        for event, hs in train.items():
+            names = [type(h.__self__).__name__ for h in hs]
+            vnames = [type(h.__self__).__name__ for h in valid[event]]
+            if not names and not vnames:
+                continue
+            line = f"{event:<22} {', '.join(names) or '-'}"
+            if vnames != names:
+                line += f"   (validation: {', '.join(vnames) or '-'})"
+            lines.append(line)
+        text = "\n".join(lines)
+        print(text)
+        return text
+
+    @property
+    def training(self) -> bool:
+        return self._training
+
+    @training.setter
+    def training(self, value: bool) -> None:
+        self._training = value
+        self._handlers = self._tables["train" if value else "valid"]
+
+    @property
+    def smooth_loss(self) -> float:
+        """The bias-corrected moving average of the training loss (read from the Recorder)."""
+        return self.recorder.smooth_loss
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    def __call__(self, event: str) -> None:
+        """Fire `event`: call its handlers in order."""
+        for handler in self._handlers[event]:
+            try:
+                handler()
+            except CancelException:
+                raise
+            except BaseException as e:
+                _note(e, handler, event)
+                raise
+
+    def _with_events(self, body: Callable[[], None], level: str) -> None:
+        before, after_cancel, after, cancel = _LEVELS[level]
+        try:
+            self(before)
+            body()
+        except cancel:
+            self(after_cancel)
+        except CancelException as e:
+            # An outer level may catch it; remember where it came from in case none does.
+            if not hasattr(e, "hookloop_level"):
+                e.hookloop_level = level
+                e.hookloop_training = self._training
+            raise
+        self(after)
+
+    def _do_fit(self) -> None:
+        for epoch in range(self.epoch, self.n_epoch):
+            self.epoch = epoch
+            self._with_events(self._do_epoch, "epoch")
+
+    def _do_epoch(self) -> None:
+        self._do_epoch_train()
+        self._do_epoch_validate()
+
+    def _do_epoch_train(self) -> None:
+        self.training = True
+        self.dl = self.dls.train
+        _set_epoch(self.dl, self.epoch)
+        self._with_events(self._all_batches, "train")
+
+    def _do_epoch_validate(self, dl: Any = None) -> None:
+        if dl is None:
+            dl = self.dls.valid
+        if dl is None:
+            return
+        self.training = False
+        self.dl = dl
+        with torch.no_grad():
+            self._with_events(self._all_batches, "validate")
+
+    def _all_batches(self) -> None:
+        self.n_iter = len(self.dl)
+        for self.iter, b in enumerate(self.dl):
+            self._one_batch(b)
+
+    def _one_batch(self, b: Any) -> None:
+        b = to_device(b, self.device)
+        if isinstance(b, (tuple, list)):
+            n_inp = self.n_inp if self.n_inp is not None else max(len(b) - 1, 1)
+            self.xb, self.yb = tuple(b[:n_inp]), tuple(b[n_inp:])
+        else:
+            self.xb, self.yb = (b,), ()
+        self._with_events(self._do_one_batch, "batch")
+
+    def _do_one_batch(self) -> None:
+        self.pred = self.model(*self.xb)
+        self("after_pred")
+        if self.yb:
+            loss = self.loss_func(self.pred, *self.yb)
+            if getattr(loss, "ndim", None) != 0:
+                raise ValueError(
+                    f"loss_func must return a scalar tensor, got "
+                    f"{type(loss).__name__} of shape {tuple(getattr(loss, 'shape', ()))}"
+                )
+            # loss_grad is what backward uses; loss is the detached value for logging.
+            self.loss_grad, self.loss = loss, loss.detach()
+        self("after_loss")
+        if not self._training or not self.yb:
+            return
+        self._with_events(self._do_backward, "backward")
+        self._with_events(self._do_step, "step")
+        self.opt.zero_grad()
+
+    def _do_backward(self) -> None:
+        self.loss_grad.backward()
+
+    def _do_step(self) -> None:
+        self.opt.step()
+
+    def _run(self, body: Callable[[], None], level: str) -> None:
+        # Outermost guard: a non-cancel exception fires after_exception once and propagates.
+        try:
+            try:
+                self._with_events(body, level)
+            except CancelException as e:
+                where = getattr(e, "hookloop_level", level)
+                phase = (
+                    "training" if getattr(e, "hookloop_training", self._training) else "validation"
+                )
+                raise RuntimeError(
+                    f"{type(e).__name__} was raised during {phase} (in the {where} level), where "
+                    f"no enclosing level catches it"
+                ) from e
+        except BaseException as e:
+            self.exception = e
+            try:
+                self("after_exception")
+            finally:
+                self.exception = None
+            raise
+
+    # ---- public API ------------------------------------------------------------------------
+
+    def create_opt(self) -> torch.optim.Optimizer:
+        """Build the optimizer from `opt_func`, the splitter's groups, `lr` and `wd`."""
+        if self.splitter is not None:
+            groups = [{"params": list(g)} for g in self.splitter(self.model)]
+        else:
+            groups = [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+        if not any(g["params"] for g in groups):
+            raise ValueError(
+                f"model {type(unwrap_model(self.model)).__name__} has no trainable parameters; "
+                f"the optimizer needs at least one"
+            )
+        lr0 = self.lr if isinstance(self.lr, (int, float)) else 1e-3
+        if _accepts_kwarg(self.opt_func, "lr"):
+            self.opt = self.opt_func(groups, lr=lr0)
+        else:
+            self.opt = self.opt_func(groups)
+        set_hyper(self.opt, "lr", self.lr)
+        if self.wd is not None:
+            set_hyper(self.opt, "wd", self.wd)
+        return self.opt
+
+    def _check_fit_args(self, n_epoch: Any) -> None:
+        if isinstance(n_epoch, bool) or not isinstance(n_epoch, int) or n_epoch < 1:
+            raise ValueError(f"n_epoch must be a positive int, got {n_epoch!r}")
+        train = self.dls.train
+        if train is None:
+            raise ValueError("dls.train is None: fit needs a training loader")
+        try:
+            n = len(train)
+        except TypeError as e:
+            raise TypeError(f"dls.train must have a length, got {type(train).__name__}") from e
+        if n == 0:
+            raise ValueError("dls.train is empty: it yields 0 batches")
+        if self.loss_func is None:
+            raise ValueError(
+                "loss_func is None and could not be inferred from the targets; pass loss_func="
+            )
+
+    def fit(
+        self,
+        n_epoch: int,
+        lr: float | slice | None = None,
+        wd: float | None = None,
+        cbs: Any = None,
+        callbacks: Any = None,
+    ) -> Any:
+        """Train for `n_epoch` epochs; returns the Keras-style `History` of this fit.
+
+        `cbs` (or fastai v1's `callbacks`) are attached for this fit only.
+        """
+        self._check_fit_args(n_epoch)
+        if self.opt is None:
+            self.create_opt()
+        if lr is not None:
+            set_hyper(self.opt, "lr", lr)
+        if wd is not None:
+            set_hyper(self.opt, "wd", wd)
+        self.n_epoch = n_epoch
+        self.epoch = 0
+        with self.added_cbs(_listify(cbs) + _listify(callbacks)):
+            self._run(self._do_fit, "fit")
+        return self.recorder.history
+
+    def _eval_run(self, dl: Any) -> None:
+        if dl is None:
+            dl = self.dls.valid
+        if dl is None:
+            raise ValueError("no loader to evaluate: dls.valid is None and dl was not given")
+        self.training = False
+        self.dl = dl
+        with torch.no_grad():
+            self._run(self._all_batches, "validate")
+
+    def validate(self, dl: Any = None) -> dict[str, float]:
+        """Run the validation phase on `dl` (default: dls.valid); returns valid_loss and metrics."""
+        self._eval_run(dl)
+        return dict(self.recorder.last_validation)
+
+    def get_preds(
+        self,
+        dl: Any = None,
+        with_input: bool = False,
+        with_loss: bool = False,
+        act: Callable | None = None,
+    ) -> tuple:
+        """Predictions and targets on `dl` (default: dls.valid): `(preds, targs[, inputs][, losses])`."""
+        from .callbacks.recorder import GatherPreds
+
+        gather = GatherPreds(with_input=with_input, with_loss=with_loss)
+        with self.added_cbs(gather):
+            self._eval_run(dl)
+        preds = gather.preds()
+        if act is not None:
+            preds = act(preds)
+        out: list = [preds, gather.targets()]
+        if with_input:
+            out.append(gather.inputs())
+        if with_loss:
+            out.append(gather.losses())
+        return tuple(out)
+
+    def _file(self, name: str | Path) -> Path:
+        name = Path(name)
+        if name.suffix != ".pth":
+            name = name.with_name(name.name + ".pth")
+        return name if name.is_absolute() else self.path / self.model_dir / name
+
+    def save(self, name: str | Path, with_opt: bool = True) -> Path:
+        """Write the model (and optimizer) state to `path/model_dir/name.pth`, atomically."""
+        state: dict[str, Any] = {"model": unwrap_model(self.model).state_dict()}
+        if with_opt and self.opt is not None:
+            state["opt"] = self.opt.state_dict()
+        return atomic_save(state, self._file(name))
+
+    def load(self, name: str | Path, with_opt: bool = True, strict: bool = True) -> Learner:
+        """Load what `save` wrote (or a bare state dict), with `torch.load(weights_only=True)`."""
+        state = safe_load(self._file(name), map_location=self.device)
+        model_state = (
+            state["model"] if "model" in state and isinstance(state["model"], dict) else state
+        )
+        unwrap_model(self.model).load_state_dict(model_state, strict=strict)
+        if with_opt and "opt" in state:
+            if self.opt is None:
+                self.create_opt()
+            self.opt.load_state_dict(state["opt"])
+        return self
+
+    def __repr__(self) -> str:
+        return f"Learner({type(unwrap_model(self.model)).__name__}, cbs={self.cbs})"
+
+
+def _set_epoch(dl: Any, epoch: int) -> None:
+    # Reseed per-epoch shuffling (hookloop loaders, DistributedSampler) so epochs are reproducible.
+    if hasattr(dl, "set_epoch"):
+        dl.set_epoch(epoch)
+    sampler = getattr(dl, "sampler", None)
+    if sampler is not None and hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+
+
+def _listify(o: Any) -> list:
+    if o is None:
+        return []
+    if isinstance(o, (list, tuple)):
+        return list(o)
+    return [o]
+
+
+__all__ = ["Learner", "default_device", "unwrap_model", "find_bs"]

@@ -1,0 +1,230 @@
+"""Metrics: the fastai metric protocol, batch-size-weighted averages, and common functions."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .data import find_bs
+
+
+class Metric:
+    """fastai's protocol: `reset()`, `accumulate(learn)`, `value`, `name`.
+
+    `higher_is_better` tells trackers which direction improves (None: guess from the name).
+    """
+
+    higher_is_better: bool | None = None
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def accumulate(self, learn: Any) -> None:
+        raise NotImplementedError
+
+    @property
+    def value(self) -> Any:
+        raise NotImplementedError
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__.lower()
+
+
+def _weighted_mean(vals: list, counts: list[int]) -> torch.Tensor | float:
+    # Stack once per epoch: per-batch values stay on the device until read.
+    if not vals:
+        return float("nan")
+    vals = [v if isinstance(v, torch.Tensor) else torch.tensor(float(v)) for v in vals]
+    dev = vals[0].device
+    stacked = torch.stack([v.detach().reshape(()).to(dev) for v in vals]).double()
+    w = torch.tensor(counts, dtype=torch.float64, device=dev)
+    return (stacked * w).sum() / w.sum()
+
+
+class AvgMetric(Metric):
+    """Averages `func(pred, *yb)` over an epoch, weighted by batch size."""
+
+    def __init__(self, func: Callable, name: str | None = None) -> None:
+        if not callable(func):
+            raise TypeError(f"AvgMetric needs a callable func, got {func!r}")
+        self.func = func
+        self._name = name or getattr(func, "__name__", type(func).__name__)
+        self.reset()
+
+    def reset(self) -> None:
+        self.vals: list = []
+        self.counts: list[int] = []
+
+    def accumulate(self, learn: Any) -> None:
+        self.vals.append(self.func(learn.pred, *learn.yb))
+        self.counts.append(find_bs(learn.yb if learn.yb else learn.xb))
+
+    @property
+    def value(self) -> torch.Tensor | float:
+        return _weighted_mean(self.vals, self.counts)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+
+class AvgLoss(Metric):
+    """Average of `learn.loss` over an epoch, weighted by batch size."""
+
+    higher_is_better = False
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.vals: list = []
+        self.counts: list[int] = []
+
+    def accumulate(self, learn: Any) -> None:
+        self.vals.append(learn.loss)
+        self.counts.append(find_bs(learn.yb if learn.yb else learn.xb))
+
+    @property
+    def value(self) -> torch.Tensor | float:
+        return _weighted_mean(self.vals, self.counts)
+
+    @property
+    def name(self) -> str:
+        return "loss"
+
+
+class AvgSmoothLoss(Metric):
+    """Exponential moving average of `learn.loss` with bias correction (fastai, beta=0.98)."""
+
+    higher_is_better = False
+
+    def __init__(self, beta: float = 0.98) -> None:
+        if not 0 <= beta < 1:
+            raise ValueError(f"beta must be in [0, 1), got {beta!r}")
+        self.beta = beta
+        self.reset()
+
+    def reset(self) -> None:
+        self.count = 0
+        self.val: torch.Tensor | float = 0.0
+
+    def accumulate(self, learn: Any) -> None:
+        self.count += 1
+        self.val = torch.lerp(
+            torch.as_tensor(learn.loss).float(), torch.as_tensor(self.val), self.beta
+        )
+
+    @property
+    def value(self) -> torch.Tensor | float:
+        return self.val / (1 - self.beta**self.count) if self.count else float("nan")
+
+    @property
+    def name(self) -> str:
+        return "smooth_loss"
+
+
+class TorchMetric(Metric):
+    """Drives a torchmetrics `Metric` through update/compute/reset."""
+
+    def __init__(self, metric: Any, name: str | None = None) -> None:
+        self.metric = metric
+        self._name = name or _snake(type(metric).__name__)
+        self.higher_is_better = getattr(metric, "higher_is_better", None)
+
+    def reset(self) -> None:
+        self.metric.reset()
+
+    def accumulate(self, learn: Any) -> None:
+        pred = learn.pred
+        device = pred.device if isinstance(pred, torch.Tensor) else None
+        if device is not None and getattr(self.metric, "device", device) != device:
+            self.metric.to(device)
+        self.metric.update(pred, *learn.yb)
+
+    @property
+    def value(self) -> Any:
+        return self.metric.compute()
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+
+def _snake(name: str) -> str:
+    from .callback import camel_to_snake
+
+    return camel_to_snake(name)
+
+
+def _is_torchmetric(m: Any) -> bool:
+    return any(c.__module__.startswith("torchmetrics") for c in type(m).__mro__)
+
+
+def as_metric(m: Any) -> Metric:
+    """Turn what a user passes in `metrics=` into an object of the fastai protocol."""
+    if _is_torchmetric(m):
+        return TorchMetric(m)
+    if all(hasattr(m, a) for a in ("reset", "accumulate", "value", "name")):
+        return m
+    if callable(m) and not isinstance(m, type):
+        return AvgMetric(m)
+    raise TypeError(
+        f"metrics: each metric must be a function f(pred, target), an object with "
+        f"reset/accumulate/value/name, or a torchmetrics Metric; got {m!r}"
+    )
+
+
+def copy_metric(m: Metric) -> Metric:
+    """An independent copy with empty state (for train-set metrics)."""
+    c = copy.deepcopy(m)
+    c.reset()
+    return c
+
+
+def accuracy(inp: torch.Tensor, targ: torch.Tensor, axis: int = -1) -> torch.Tensor:
+    """Fraction of rows whose argmax equals the target (targets may also be one-hot)."""
+    if targ.ndim == inp.ndim:
+        targ = targ.argmax(dim=axis)
+    return (inp.argmax(dim=axis) == targ).float().mean()
+
+
+def error_rate(inp: torch.Tensor, targ: torch.Tensor, axis: int = -1) -> torch.Tensor:
+    """1 - accuracy."""
+    return 1 - accuracy(inp, targ, axis=axis)
+
+
+def mse(inp: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
+    """Mean squared error."""
+    return torch.nn.functional.mse_loss(inp, targ.view_as(inp))
+
+
+def mae(inp: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error."""
+    return torch.nn.functional.l1_loss(inp, targ.view_as(inp))
+
+
+def higher_is_better(name: str, metric: Any = None) -> bool:
+    """Direction of improvement: a metric's own flag wins; losses and errors go down."""
+    flag = getattr(metric, "higher_is_better", None)
+    if flag is not None:
+        return bool(flag)
+    low = ("loss", "error", "mse", "mae", "rmse", "perplexity")
+    return not any(k in name for k in low)
+
+
+__all__ = [
+    "Metric",
+    "AvgMetric",
+    "AvgLoss",
+    "AvgSmoothLoss",
+    "TorchMetric",
+    "accuracy",
+    "error_rate",
+    "mse",
+    "mae",
+    "as_metric",
+]
