@@ -96,7 +96,7 @@ def _matches(ref: Any, cb: Callback) -> bool:
 
 
 def sort_callbacks(cbs: Iterable[Callback]) -> list[Callback]:
-    """Stable topological sort on run_before/run_after, with `order` then insertion as tie-breakers."""
+    """Stable topological sort on run_before/run_after; ties go by `order`, then insertion."""
     cbs = list(cbs)
     n = len(cbs)
     succ: list[set[int]] = [set() for _ in range(n)]

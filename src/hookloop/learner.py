@@ -1,4 +1,4 @@
-"""The Learner: the fixed training loop (fit / validate / get_preds), callback management, save/load."""
+"""The Learner: the fixed training loop (fit, validate, get_preds), callbacks, save/load."""
 
 from __future__ import annotations
 
@@ -220,7 +220,7 @@ class Learner:
         return fn(self)
 
     def add_cb(self, cb: Callback | type) -> Learner:
-        """Attach a callback (an instance, or a class to instantiate); reachable as `learn.<name>`."""
+        """Attach a callback (an instance, or a class to instantiate) as `learn.<name>`."""
         if isinstance(cb, type):
             cb = cb()
         if not isinstance(cb, Callback):
@@ -390,7 +390,8 @@ class Learner:
 
     def _all_batches(self) -> None:
         self.n_iter = len(self.dl)
-        for self.iter, b in enumerate(self.dl):
+        for i, b in enumerate(self.dl):
+            self.iter = i
             self._one_batch(b)
 
     def _one_batch(self, b: Any) -> None:
@@ -536,7 +537,7 @@ class Learner:
         with_loss: bool = False,
         act: Callable | None = None,
     ) -> tuple:
-        """Predictions and targets on `dl` (default: dls.valid): `(preds, targs[, inputs][, losses])`."""
+        """Predictions on `dl` (default: dls.valid): `(preds, targs[, inputs][, losses])`."""
         from .callbacks.recorder import GatherPreds
 
         gather = GatherPreds(with_input=with_input, with_loss=with_loss)

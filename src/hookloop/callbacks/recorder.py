@@ -29,7 +29,7 @@ def keras_name(name: str) -> str:
 
 
 class History:
-    """What `fit` returns, as in Keras: `.history` (key -> per-epoch values), `.epoch`, `.params`."""
+    """What `fit` returns, as in Keras: `.history` (key -> per-epoch list), `.epoch`, `.params`."""
 
     def __init__(self, params: dict | None = None) -> None:
         self.history: dict[str, list[float]] = {}
