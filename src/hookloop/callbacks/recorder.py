@@ -107,6 +107,9 @@ class Recorder(Callback):
         self.add_time = add_time
         self._fitting = False
         self._mom_key: str | None = None
+        self._valid_loss = AvgLoss()
+        self._valid_mets: list = []
+        self._train_mets: list = []
         self.history = History()
         self.last_validation: dict[str, float] = {}
         self._reset_batches()
@@ -204,6 +207,8 @@ class Recorder(Callback):
             m.reset()
 
     def before_validate(self) -> None:
+        if not self._fitting:  # validate() / get_preds() outside fit
+            self._valid_mets = list(self.learn.metrics)
         self._valid_loss.reset()
         for m in self._valid_mets:
             m.reset()

@@ -1,0 +1,58 @@
+"""Shared test helpers: tiny data, a tiny learner, and a callback that logs every event."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+from torch import nn
+
+from hookloop import Callback, DataLoaders, Learner
+from hookloop.events import EVENTS
+
+
+def tiny_dls(n_train: int = 4, n_valid: int = 4, bs: int = 4, seed: int = 0) -> DataLoaders:
+    """n_train/bs training batches and n_valid/bs validation batches of 4-feature, 2-class data."""
+    g = torch.Generator().manual_seed(seed)
+    xt, yt = torch.randn(n_train, 4, generator=g), torch.randint(0, 2, (n_train,), generator=g)
+    xv, yv = torch.randn(n_valid, 4, generator=g), torch.randint(0, 2, (n_valid,), generator=g)
+    return DataLoaders.from_tensors(xt, yt, valid=(xv, yv), bs=bs, shuffle=False)
+
+
+def tiny_learner(cbs=None, n_train: int = 4, n_valid: int = 4, bs: int = 4, **kwargs) -> Learner:
+    torch.manual_seed(0)
+    kwargs.setdefault("device", "cpu")
+    learn = Learner(
+        nn.Linear(4, 2), tiny_dls(n_train, n_valid, bs), nn.CrossEntropyLoss(), cbs=cbs, **kwargs
+    )
+    learn.logger = lambda line: None  # keep test output quiet
+    return learn
+
+
+class EventLog(Callback):
+    """Appends the name of every event it sees to `self.events`."""
+
+    order = -100
+
+    def __init__(self, raise_at: dict | None = None) -> None:
+        self.events: list[str] = []
+        self.raise_at = raise_at or {}
+        for event in EVENTS:
+            # Bound to self, as a method would be, so error notes can name the callback.
+            self.__dict__[event] = types.MethodType(self._recorder(event), self)
+
+    def _recorder(self, event: str):
+        def record(_self) -> None:
+            self.events.append(event)
+            exc = self.raise_at.get(event)
+            if exc is not None:
+                self.raise_at.pop(event)
+                raise exc
+
+        return record
+
+
+@pytest.fixture
+def quiet_learner():
+    return tiny_learner

@@ -1,0 +1,246 @@
+"""The Learner: one step by hand, History, validate/get_preds, save/load, and bad input."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import tiny_dls, tiny_learner
+from hookloop import Callback, DataLoaders, Learner, accuracy
+
+
+def test_one_sgd_step_equals_the_hand_computation():
+    # y = w*x with w=1, x=2, target 6: loss (wx-t)^2 = 16, dloss/dw = 2(wx-t)x = -16,
+    # so SGD with lr 0.1 gives w = 1 - 0.1 * -16 = 2.6.
+    model = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    dls = DataLoaders.from_tensors(torch.tensor([[2.0]]), torch.tensor([[6.0]]), valid_pct=None)
+    learn = Learner(model, dls, nn.MSELoss(), opt_func=torch.optim.SGD, lr=0.1, device="cpu")
+    learn.logger = lambda line: None
+    learn.fit(1)
+    assert model.weight.item() == pytest.approx(2.6)
+    assert learn.recorder.losses == [16.0]
+
+
+def test_fit_returns_a_keras_history_with_keras_keys_and_one_value_per_epoch():
+    learn = tiny_learner(metrics=accuracy, n_train=8, bs=4)
+    history = learn.fit(3)
+    assert set(history.history) == {"loss", "val_loss", "val_accuracy"}
+    assert all(len(v) == 3 for v in history.history.values())
+    assert history.epoch == [0, 1, 2]
+    assert history.params == {"epochs": 3, "steps": 2, "verbose": 1}
+
+
+def test_train_metrics_adds_keras_accuracy_key():
+    learn = tiny_learner(metrics=accuracy, train_metrics=True)
+    history = learn.fit(1)
+    assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+
+
+def test_loss_grad_is_what_backward_uses_and_loss_is_detached():
+    seen = {}
+
+    class Probe(Callback):
+        def after_loss(self):
+            seen["grad"] = self.learn.loss_grad.requires_grad
+            seen["loss"] = self.learn.loss.requires_grad
+            seen["equal"] = torch.equal(self.learn.loss, self.learn.loss_grad.detach())
+
+    tiny_learner(cbs=Probe()).fit(1)
+    assert seen == {"grad": False, "loss": False, "equal": True}  # last event: validation batch
+
+
+def test_loss_grad_requires_grad_during_training():
+    seen = []
+
+    class Probe(Callback):
+        run_valid = False
+
+        def after_loss(self):
+            seen.append((self.learn.loss_grad.requires_grad, self.learn.loss.requires_grad))
+
+    tiny_learner(cbs=Probe()).fit(1)
+    assert seen == [(True, False)]
+
+
+def test_a_callback_changing_loss_grad_changes_the_update():
+    class ZeroLoss(Callback):
+        def after_loss(self):
+            self.learn.loss_grad = self.learn.loss_grad * 0
+
+    learn = tiny_learner(cbs=ZeroLoss(), opt_func=torch.optim.SGD)
+    before = learn.model.weight.detach().clone()
+    learn.fit(1)
+    assert torch.equal(learn.model.weight, before)
+
+
+def test_counters_over_a_fit():
+    seen = []
+
+    class Probe(Callback):
+        run_valid = False
+
+        def after_batch(self):
+            learn = self.learn
+            seen.append((learn.epoch, learn.iter, learn.n_iter, learn.train_iter, learn.pct_train))
+
+    tiny_learner(cbs=Probe(), n_train=8, bs=4).fit(2)
+    assert seen == [(0, 0, 2, 1, 0.25), (0, 1, 2, 2, 0.5), (1, 0, 2, 3, 0.75), (1, 1, 2, 4, 1.0)]
+
+
+def test_validate_returns_loss_and_metrics_and_leaves_history_alone():
+    learn = tiny_learner(metrics=accuracy)
+    learn.fit(1)
+    rows = list(learn.recorder.rows)
+    result = learn.validate()
+    assert set(result) == {"valid_loss", "accuracy"}
+    assert result["valid_loss"] == pytest.approx(learn.recorder.rows[-1]["valid_loss"])
+    assert learn.recorder.rows == rows
+    assert learn.recorder.history.epoch == [0]
+
+
+def test_validate_on_an_explicit_loader_equals_a_hand_computed_loss():
+    learn = tiny_learner()
+    x, y = torch.randn(6, 4), torch.tensor([0, 1, 0, 1, 1, 0])
+    with torch.no_grad():
+        expected = nn.functional.cross_entropy(learn.model(x), y).item()
+    dl = DataLoaders.from_tensors(x, y, valid_pct=None, bs=4, shuffle=False).train
+    assert learn.validate(dl)["valid_loss"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_get_preds_returns_predictions_targets_inputs_and_per_item_losses():
+    learn = tiny_learner(n_valid=6, bs=4)
+    preds, targs, inputs, losses = learn.get_preds(with_input=True, with_loss=True)
+    xv, yv = learn.dls.valid.tensors
+    assert preds.shape == (6, 2) and torch.equal(targs, yv) and torch.equal(inputs, xv)
+    with torch.no_grad():
+        expected = nn.functional.cross_entropy(learn.model(xv), yv, reduction="none")
+    assert torch.allclose(losses, expected)
+    assert torch.allclose(preds, learn.model(xv).detach())
+
+
+def test_get_preds_applies_act():
+    learn = tiny_learner()
+    probs, _ = learn.get_preds(act=lambda p: p.softmax(-1))
+    assert torch.allclose(probs.sum(-1), torch.ones(4))
+
+
+def test_save_then_load_round_trips_model_and_optimizer(tmp_path):
+    learn = tiny_learner(path=tmp_path)
+    learn.fit(1)
+    path = learn.save("m")
+    assert path == tmp_path / "models" / "m.pth"
+    weights = learn.model.weight.detach().clone()
+    opt_step = learn.opt.state_dict()["state"][0]["step"].item()
+    other = tiny_learner(path=tmp_path)
+    with torch.no_grad():
+        other.model.weight.zero_()
+    other.load("m")
+    assert torch.equal(other.model.weight, weights)
+    assert other.opt.state_dict()["state"][0]["step"].item() == opt_step == 1
+    assert sorted(p.name for p in path.parent.iterdir()) == ["m.pth"]  # no temp files left
+
+
+def test_saved_file_loads_with_weights_only(tmp_path):
+    learn = tiny_learner(path=tmp_path)
+    state = torch.load(learn.save("m", with_opt=False), weights_only=True)
+    assert set(state) == {"model"}
+
+
+def test_load_refuses_a_file_that_needs_unpickling(tmp_path):
+    (tmp_path / "models").mkdir()
+    with open(tmp_path / "models" / "evil.pth", "wb") as f:
+        pickle.dump({"model": object()}, f)
+    learn = tiny_learner(path=tmp_path)
+    with pytest.raises(ValueError, match="refusing to load"):
+        learn.load("evil")
+
+
+def test_fastai_argument_order_is_accepted():
+    dls = tiny_dls()
+    model = nn.Linear(4, 2)
+    learn = Learner(dls, model, device="cpu")
+    assert learn.model is model and learn.dls is dls
+
+
+def test_loss_is_inferred_from_integer_targets_as_cross_entropy():
+    learn = Learner(nn.Linear(4, 2), tiny_dls(), device="cpu")
+    assert isinstance(learn.loss_func, nn.CrossEntropyLoss)
+
+
+def test_a_train_valid_pair_and_a_single_loader_are_accepted():
+    dls = tiny_dls()
+    pair = Learner(nn.Linear(4, 2), (dls.train, dls.valid), device="cpu")
+    single = Learner(nn.Linear(4, 2), dls.train, device="cpu")
+    assert pair.dls.valid is dls.valid
+    assert single.dls.valid is None
+    single.logger = lambda line: None
+    assert set(single.fit(1).history) == {"loss"}
+
+
+def test_opt_func_may_be_a_callable_of_params():
+    learn = tiny_learner(opt_func=lambda params: torch.optim.SGD(params, lr=0.5))
+    learn.fit(1)
+    assert isinstance(learn.opt, torch.optim.SGD)
+
+
+def test_fit_lr_sets_the_learning_rate():
+    learn = tiny_learner(opt_func=torch.optim.SGD)
+    learn.fit(1, lr=0.25)
+    assert learn.opt.param_groups[0]["lr"] == 0.25
+
+
+# ---- bad input: a clear error naming the argument and the value, before any work ----------
+
+
+def test_fit_zero_or_negative_epochs_is_an_error():
+    learn = tiny_learner()
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match=rf"n_epoch.*{bad}"):
+            learn.fit(bad)
+
+
+def test_empty_train_loader_is_an_error():
+    empty = DataLoaders.from_tensors(torch.zeros(0, 4), torch.zeros(0).long(), valid_pct=None)
+    learn = Learner(nn.Linear(4, 2), empty, nn.CrossEntropyLoss(), device="cpu")
+    with pytest.raises(ValueError, match="empty"):
+        learn.fit(1)
+
+
+def test_non_scalar_loss_is_an_error_before_any_step():
+    learn = tiny_learner()
+    learn.loss_func = nn.CrossEntropyLoss(reduction="none")
+    before = learn.model.weight.detach().clone()
+    with pytest.raises(ValueError, match=r"scalar.*\(4,\)"):
+        learn.fit(1)
+    assert torch.equal(learn.model.weight, before)
+
+
+def test_model_without_parameters_is_an_error():
+    learn = Learner(nn.ReLU(), tiny_dls(), nn.CrossEntropyLoss(), device="cpu")
+    with pytest.raises(ValueError, match="ReLU has no trainable parameters"):
+        learn.fit(1)
+
+
+def test_metric_that_is_not_callable_is_an_error():
+    with pytest.raises(TypeError, match=r"metrics.*42"):
+        Learner(nn.Linear(4, 2), tiny_dls(), metrics=[42])
+
+
+def test_dls_of_a_wrong_type_is_an_error():
+    with pytest.raises(TypeError, match="dls.*str"):
+        Learner(nn.Linear(4, 2), "data")
+
+
+def test_model_of_a_wrong_type_is_an_error():
+    with pytest.raises(TypeError, match="model.*int"):
+        Learner(3, tiny_dls())
+
+
+def test_cbs_entry_that_is_not_a_callback_is_an_error():
+    with pytest.raises(TypeError, match="cbs.*'x'"):
+        tiny_learner(cbs=["x"])
