@@ -168,7 +168,8 @@ def as_metric(m: Any) -> Metric:
     """Turn what a user passes in `metrics=` into an object of the fastai protocol."""
     if _is_torchmetric(m):
         return TorchMetric(m)
-    if all(hasattr(m, a) for a in ("reset", "accumulate", "value", "name")):
+    # Look on the class too: `value` is often a property that fails before the first reset().
+    if all(hasattr(type(m), a) or hasattr(m, a) for a in ("reset", "accumulate", "value", "name")):
         return m
     if callable(m) and not isinstance(m, type):
         return AvgMetric(m)
