@@ -186,3 +186,26 @@ def test_unknown_learner_attribute_is_an_attribute_error():
         warnings.simplefilter("error")
         with pytest.raises(AttributeError):
             _ = cb.no_such_thing
+
+
+def test_run_valid_false_still_gets_fit_and_epoch_events():
+    seen = []
+
+    class TrainOnly(Callback):
+        run_valid = False
+
+        def before_fit(self):
+            seen.append("before_fit")
+
+        def before_batch(self):
+            seen.append("before_batch")
+
+        def after_epoch(self):
+            seen.append("after_epoch")
+
+        def after_fit(self):
+            seen.append("after_fit")
+
+    tiny_learner(cbs=TrainOnly(), n_train=4, n_valid=4).fit(1)
+    # before_fit fires while training is still False, after_epoch after validation.
+    assert seen == ["before_fit", "before_batch", "after_epoch", "after_fit"]

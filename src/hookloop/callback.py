@@ -149,19 +149,39 @@ def _handler(cb: Callback, event: str) -> Callable | None:
     return None
 
 
+# Events outside any one phase: they reach a callback whatever its run_train/run_valid say.
+_PHASE_FREE_EVENTS = frozenset(
+    {
+        "after_create",
+        "before_fit",
+        "before_epoch",
+        "after_cancel_epoch",
+        "after_epoch",
+        "after_cancel_fit",
+        "after_fit",
+        "after_exception",
+    }
+)
+
+
 def build_dispatch(cbs: list[Callback], phase: str) -> dict[str, tuple[Callable, ...]]:
     """For each event, the tuple of bound methods to call; `phase` is 'train' or 'valid'."""
     table: dict[str, list[Callable]] = {e: [] for e in EVENTS}
     for cb in cbs:
-        if phase == "train" and not cb.run_train:
-            continue
-        if phase == "valid" and not cb.run_valid:
-            continue
+        # run_train/run_valid gate one phase's events; fit- and epoch-level events fire in
+        # whichever table is current (before_fit runs while `training` is still False).
+        skip_phase = (phase == "train" and not cb.run_train) or (
+            phase == "valid" and not cb.run_valid
+        )
         for event in EVENTS:
+            if skip_phase and event not in _PHASE_FREE_EVENTS:
+                continue
             h = _handler(cb, event)
             if h is not None:
                 table[event].append(h)
         for legacy, event in LEGACY_ALIASES.items():
+            if skip_phase and event not in _PHASE_FREE_EVENTS:
+                continue
             h = _handler(cb, legacy)
             if h is not None and _handler(cb, event) is None:
                 table[event].append(h)
