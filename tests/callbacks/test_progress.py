@@ -1,0 +1,58 @@
+"""ProgressBar: table lines without a terminal, a tqdm bar with one, lazy loss reads."""
+
+from __future__ import annotations
+
+from conftest import tiny_learner
+
+from hookloop import ProgbarLogger, ProgressBar
+
+
+def test_without_a_terminal_only_table_lines_are_printed(capsys):
+    learn = tiny_learner()
+    learn.logger = print
+    learn.fit(2)
+    out, err = capsys.readouterr()
+    assert [line.split()[0] for line in out.splitlines()] == ["epoch", "0", "1"]
+    assert "it/s" not in err and "it/s" not in out
+
+
+def test_with_show_bar_a_tqdm_bar_is_drawn_per_phase(capsys):
+    learn = tiny_learner(n_train=8, bs=4)
+    learn.logger = print
+    learn.remove_cb(learn.progress_bar)
+    learn.add_cb(ProgressBar(show_bar=True))
+    learn.fit(1)
+    err = capsys.readouterr().err
+    assert "epoch 0 train" in err and "epoch 0 valid" in err
+    assert "loss=" in err
+
+
+class CountingBar(ProgressBar):
+    reads = 0
+
+    def _loss_postfix(self):
+        CountingBar.reads += 1
+        return super()._loss_postfix()
+
+
+def test_the_smoothed_loss_is_read_only_when_the_bar_redraws():
+    # 100 batches with a redraw interval far beyond the run: tqdm draws the training bar once,
+    # when it opens (closing a bar with leave=False clears it without a redraw), so the loss
+    # is read once, not 100 times.
+    learn = tiny_learner(n_train=400, bs=4)
+    learn.remove_cb(learn.progress_bar)
+    learn.add_cb(CountingBar(show_bar=True, mininterval=1e6))
+    learn.fit(1)
+    assert CountingBar.reads == 1
+    assert len(learn.recorder.losses) == 100
+
+
+def test_progbar_logger_is_the_keras_name_of_progress_bar():
+    assert ProgbarLogger is ProgressBar
+
+
+def test_logger_is_restored_after_fit():
+    learn = tiny_learner()
+    before = learn.logger
+    learn.fit(1)
+    assert learn.logger is before

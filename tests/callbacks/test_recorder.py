@@ -1,0 +1,141 @@
+"""Recorder: per-batch and smoothed losses, epoch averages, hyper-parameters, tables and plots."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_learner
+from torch import nn
+
+from hookloop import Callback, DataLoaders, Learner, accuracy
+
+
+class ScriptedLoss:
+    """Returns the next value of `values` as the loss (with a gradient path through pred)."""
+
+    def __init__(self, values):
+        self.values = list(values)
+
+    def __call__(self, pred, y):
+        return pred.sum() * 0 + self.values.pop(0)
+
+
+def scripted_learner(train_losses, n_train, bs, valid_losses=(), **kwargs):
+    x, y = torch.randn(n_train, 4), torch.zeros(n_train).long()
+    n_valid = len(valid_losses)
+    valid = (torch.randn(n_valid, 4), torch.zeros(n_valid).long()) if n_valid else None
+    dls = DataLoaders.from_tensors(
+        x, y, valid=valid, valid_pct=None, bs=bs, valid_bs=1, shuffle=False
+    )
+    values = list(train_losses) + list(valid_losses)
+    learn = Learner(nn.Linear(4, 2), dls, ScriptedLoss(values), device="cpu", **kwargs)
+    learn.logger = lambda line: None
+    return learn
+
+
+def test_first_smoothed_loss_equals_the_first_raw_loss_and_then_debiases():
+    # beta 0.98: ema1 = 0.02*4 -> /0.02 = 4; ema2 = 0.98*0.08 + 0.02*2 = 0.1184 -> /0.0396
+    learn = scripted_learner([4.0, 2.0], n_train=2, bs=1)
+    learn.fit(1)
+    assert learn.recorder.losses == [4.0, 2.0]
+    assert learn.recorder.smooth_losses == pytest.approx([4.0, 0.1184 / 0.0396])
+
+
+def test_train_loss_is_the_epoch_average_weighted_by_batch_size():
+    # Batches of 4, 4 and 2 with losses 1, 2, 4: (4 + 8 + 8) / 10 = 2.0 (plain mean: 2.33)
+    learn = scripted_learner([1.0, 2.0, 4.0], n_train=10, bs=4)
+    history = learn.fit(1)
+    assert history.history["loss"] == [2.0]
+
+
+def test_valid_loss_is_the_average_over_validation_batches():
+    learn = scripted_learner([1.0], n_train=1, bs=1, valid_losses=[3.0, 5.0])
+    assert learn.fit(1).history["val_loss"] == [4.0]
+
+
+def test_per_batch_losses_stay_on_the_device_until_the_epoch_ends():
+    pending = []
+
+    class Peek(Callback):
+        order = 55  # after the Recorder's after_batch
+        run_valid = False
+
+        def after_batch(self):
+            pending.append(len(self.learn.recorder._pending))
+
+    learn = scripted_learner([1.0, 2.0, 3.0], n_train=3, bs=1, cbs=Peek())
+    learn.fit(1)
+    assert pending == [1, 2, 3]  # nothing was read back per batch
+    assert learn.recorder._pending == [] and learn.recorder.losses == [1.0, 2.0, 3.0]
+
+
+def test_learning_rate_and_momentum_are_recorded_per_training_batch():
+    learn = tiny_learner(opt_func=torch.optim.SGD, lr=0.1, n_train=8, bs=4)
+    learn.create_opt()
+    learn.opt.param_groups[0]["momentum"] = 0.9
+    learn.fit(2)
+    assert learn.recorder.lrs == [0.1] * 4
+    assert learn.recorder.hps["mom"] == [0.9] * 4
+
+
+def test_epoch_values_are_complete_for_an_order_zero_after_epoch():
+    # The fastai seed's PrintMetricsCallback reads recorder.metrics[0] in after_epoch at order 0.
+    lines = []
+
+    class PrintMetricsCallback(Callback):
+        def after_epoch(self):
+            lines.append(f"Accuracy: {self.learn.recorder.metrics[0]:.4f}")
+
+    learn = tiny_learner(metrics=accuracy, cbs=PrintMetricsCallback())
+    learn.fit(2)
+    accs = learn.recorder.history.history["val_accuracy"]
+    assert lines == [f"Accuracy: {a:.4f}" for a in accs]
+
+
+def test_values_and_log_use_fastai_names():
+    learn = tiny_learner(metrics=accuracy)
+    learn.fit(2)
+    rec = learn.recorder
+    assert rec.metric_names == ["epoch", "train_loss", "valid_loss", "accuracy", "time"]
+    assert len(rec.values) == 2 and len(rec.values[0]) == 3
+    assert rec.log["epoch"] == 1 and rec.log["valid_loss"] == rec.values[1][1]
+
+
+def test_the_epoch_table_goes_through_the_logger():
+    lines = []
+    learn = tiny_learner(metrics=accuracy)
+    learn.logger = lines.append
+    with learn.no_bar():
+        learn.fit(2)
+    assert lines[0].split() == ["epoch", "train_loss", "valid_loss", "accuracy", "time"]
+    assert [line.split()[0] for line in lines[1:]] == ["0", "1"]
+
+
+def test_resolve_accepts_fastai_and_keras_names_and_rejects_unknown_ones():
+    learn = tiny_learner(metrics=accuracy)
+    rec = learn.recorder
+    assert rec.resolve("val_loss") == "valid_loss"
+    assert rec.resolve("loss") == "train_loss"
+    assert rec.resolve("val_accuracy") == "accuracy"
+    with pytest.raises(ValueError, match="'f1'.*train_loss, valid_loss, accuracy"):
+        rec.resolve("f1")
+
+
+def test_plot_loss_writes_a_png(tmp_path):
+    learn = tiny_learner(n_train=32, bs=4)
+    learn.fit(2)
+    path = tmp_path / "loss.png"
+    learn.recorder.plot_loss(fname=path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert path.stat().st_size > 5000
+
+
+def test_state_dict_round_trip_restores_history_and_losses():
+    learn = tiny_learner(metrics=accuracy)
+    learn.fit(2)
+    state = learn.recorder.state_dict()
+    other = tiny_learner(metrics=accuracy)
+    other.recorder.load_state_dict(state)
+    assert other.recorder.history.history == learn.recorder.history.history
+    assert other.recorder.losses == learn.recorder.losses
+    assert other.recorder.metrics == learn.recorder.metrics
