@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from conftest import tiny_learner
-
 from hookloop import ProgbarLogger, ProgressBar
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_learner
 from torch import nn
 
+from conftest import tiny_learner
 from hookloop import Callback, DataLoaders, Learner, accuracy
 
 
