@@ -200,6 +200,8 @@ class Learner:
         self.cbs: list[Callback] = []
         self._tables: dict[str, dict[str, tuple]] = {}
         self._training = False
+        # Batches the next training pass starts at (set by a mid-epoch resume, then cleared).
+        self._skip = 0
         from .callbacks.progress import ProgressBar
         from .callbacks.recorder import Recorder, TrainEval
 
@@ -390,7 +392,9 @@ class Learner:
 
     def _all_batches(self) -> None:
         self.n_iter = len(self.dl)
-        for i, b in enumerate(self.dl):
+        # A mid-epoch resume starts at batch `_skip`; the loader was told to skip as many.
+        start, self._skip = self._skip, 0
+        for i, b in enumerate(self.dl, start):
             self.iter = i
             self._one_batch(b)
 
@@ -497,12 +501,20 @@ class Learner:
         wd: float | None = None,
         cbs: Any = None,
         callbacks: Any = None,
+        resume: str | Path | None = None,
     ) -> Any:
         """Train for `n_epoch` epochs; returns the Keras-style `History` of this fit.
 
-        `cbs` (or fastai v1's `callbacks`) are attached for this fit only.
+        `cbs` (or fastai v1's `callbacks`) are attached for this fit only. `resume='auto'`
+        continues from the newest complete backup (see `BackupAndRestore`) and keeps backing up;
+        `resume=<path>` continues from that checkpoint (or the newest one in that folder).
         """
         self._check_fit_args(n_epoch)
+        extra = _listify(cbs) + _listify(callbacks)
+        if resume is not None:
+            from .callbacks.resume import resume_callbacks
+
+            extra += resume_callbacks(self, resume, extra)
         if self.opt is None:
             self.create_opt()
         if lr is not None:
@@ -510,8 +522,8 @@ class Learner:
         if wd is not None:
             set_hyper(self.opt, "wd", wd)
         self.n_epoch = n_epoch
-        self.epoch = 0
-        with self.added_cbs(_listify(cbs) + _listify(callbacks)):
+        self.epoch, self._skip = 0, 0
+        with self.added_cbs(extra):
             self._run(self._do_fit, "fit")
         return self.recorder.history
 
