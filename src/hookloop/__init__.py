@@ -3,6 +3,16 @@
 from .callback import Callback, class_to_name
 from .callbacks.progress import ProgbarLogger, ProgressBar
 from .callbacks.recorder import History, Recorder, TrainEval
+from .callbacks.tracker import (
+    EarlyStopping,
+    EarlyStoppingCallback,
+    ModelCheckpoint,
+    SaveModel,
+    SaveModelCallback,
+    TerminateOnNaN,
+    TerminateOnNaNCallback,
+    TrackerCallback,
+)
 from .data import DataLoaders, TensorLoader, find_bs, to_device
 from .events import (
     EVENTS,
@@ -82,4 +92,12 @@ __all__ = [
     "SchedPoly",
     "combine_scheds",
     "combined_cos",
+    "TrackerCallback",
+    "EarlyStopping",
+    "EarlyStoppingCallback",
+    "SaveModel",
+    "SaveModelCallback",
+    "ModelCheckpoint",
+    "TerminateOnNaN",
+    "TerminateOnNaNCallback",
 ]
