@@ -248,10 +248,18 @@ class Recorder(Callback):
         if self.learn.dls.valid is None:
             self._finish_epoch()
 
-    def after_validate(self) -> None:
+    def validation_values(self) -> dict[str, float]:
+        """valid_loss and metrics of the current validation phase (final after its last batch).
+
+        Keras-style `on_test_end` hooks read this before the Recorder's own after_validate runs.
+        """
         vals = {"valid_loss": _to_float(self._valid_loss.value)}
         for m in self._valid_mets:
             vals[m.name] = _to_float(m.value)
+        return vals
+
+    def after_validate(self) -> None:
+        vals = self.validation_values()
         self.last_validation = vals
         if self._fitting and not self._epoch_done:
             self._row.update(vals)
