@@ -591,6 +591,35 @@ class Learner:
             self.opt.load_state_dict(state["opt"])
         return self
 
+    # ---- training-technique shortcuts (fastai names; each adds a callback) ------------------
+
+    def to_fp16(self, **kwargs: Any) -> Learner:
+        """Train with float16 autocast and a GradScaler (replaces any MixedPrecision)."""
+        from .callbacks.training import MixedPrecision
+
+        self.remove_cb(MixedPrecision)
+        return self.add_cb(MixedPrecision(torch.float16, **kwargs))
+
+    def to_bf16(self) -> Learner:
+        """Train with bfloat16 autocast (replaces any MixedPrecision)."""
+        from .callbacks.training import MixedPrecision
+
+        self.remove_cb(MixedPrecision)
+        return self.add_cb(MixedPrecision(torch.bfloat16))
+
+    def to_fp32(self) -> Learner:
+        """Train in float32 again: remove MixedPrecision."""
+        from .callbacks.training import MixedPrecision
+
+        return self.remove_cb(MixedPrecision)
+
+    def mixup(self, alpha: float = 0.4, seed: int | None = None) -> Learner:
+        """Train with MixUp (fastai v1's `learn.mixup()`); returns the learner."""
+        from .callbacks.mixup import MixUp
+
+        self.remove_cb(MixUp)
+        return self.add_cb(MixUp(alpha, seed=seed))
+
     def __repr__(self) -> str:
         return f"Learner({type(unwrap_model(self.model)).__name__}, cbs={self.cbs})"
 
