@@ -119,6 +119,8 @@ class Recorder(Callback):
         self.logs: dict[str, float] = {}
         self.metrics: list[float] = []
         self.iters: list[int] = []
+        # Set by LRFinder: then the batches recorded are an lr sweep and plot() draws loss vs lr.
+        self.lr_find_result: Any = None
 
     def _reset_batches(self) -> None:
         self.losses: list[float] = []
@@ -176,6 +178,7 @@ class Recorder(Callback):
         learn = self.learn
         self._fitting = True
         self._reset_batches()
+        self.lr_find_result = None
         self._mom_key = None
         if learn.opt is not None:
             self._mom_key = _mom_key(learn.opt.param_groups[-1])
@@ -348,6 +351,48 @@ class Recorder(Callback):
         if fname is not None:
             save_png(fig, fname)
         return fig
+
+    # Thin wrappers; the plotting code lives in callbacks/plots.py.
+    def plot(
+        self,
+        skip_start: int = 10,
+        skip_end: int = 5,
+        suggestion: bool = False,
+        fname: str | Path | None = None,
+    ) -> Any:
+        """fastai v1: loss vs lr after `lr_find` (skipping the first and last points), otherwise
+        the loss plot; `suggestion=True` marks the steepest point and sets `min_grad_lr`."""
+        from .plots import plot
+
+        return plot(self, skip_start, skip_end, suggestion, fname)
+
+    def plot_lr_find(
+        self, skip_end: int = 5, suggestions: Any = None, nms: Any = None, fname: Any = None
+    ) -> Any:
+        """fastai v2: smoothed loss vs lr (log x) after `lr_find`, suggestions marked."""
+        from .plots import plot_lr_find
+
+        return plot_lr_find(self, 0, skip_end, suggestions, nms, fname)
+
+    def plot_lr(self, show_moms: bool = False, fname: str | Path | None = None) -> Any:
+        """fastai v1: learning rate per training batch, beside the momentum if `show_moms`."""
+        from .plots import plot_lr
+
+        return plot_lr(self, show_moms, fname=fname)
+
+    def plot_sched(
+        self, keys: Any = None, figsize: Any = None, fname: str | Path | None = None
+    ) -> Any:
+        """fastai v2: each recorded hyper-parameter (`lr`, `mom`, ...) per training batch."""
+        from .plots import plot_sched
+
+        return plot_sched(self, keys, figsize, fname)
+
+    def plot_metrics(self, fname: str | Path | None = None) -> Any:
+        """Per epoch: train and valid loss, then one panel per metric."""
+        from .plots import plot_metrics
+
+        return plot_metrics(self, fname)
 
     # ---- resume ----------------------------------------------------------------------------
 
