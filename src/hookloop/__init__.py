@@ -1,6 +1,7 @@
 """hookloop: a small, fixed PyTorch training loop where every feature is a callback."""
 
 from .callback import Callback, class_to_name
+from .callbacks.mixup import CutMix, MixUp
 from .callbacks.progress import ProgbarLogger, ProgressBar
 from .callbacks.recorder import History, Recorder, TrainEval
 from .callbacks.tracker import (
@@ -13,6 +14,7 @@ from .callbacks.tracker import (
     TerminateOnNaNCallback,
     TrackerCallback,
 )
+from .callbacks.training import EMA, GradientAccumulation, GradientClip, MixedPrecision
 from .data import DataLoaders, TensorLoader, find_bs, to_device
 from .events import (
     EVENTS,
@@ -58,6 +60,12 @@ __all__ = [
     "History",
     "Recorder",
     "TrainEval",
+    "MixUp",
+    "CutMix",
+    "MixedPrecision",
+    "GradientClip",
+    "GradientAccumulation",
+    "EMA",
     "DataLoaders",
     "TensorLoader",
     "find_bs",

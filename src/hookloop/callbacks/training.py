@@ -1,0 +1,482 @@
+"""Training techniques as callbacks: MixedPrecision, GradientClip, GradientAccumulation, EMA."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..callback import Callback
+from ..data import find_bs
+from ..events import CancelBatchException, CancelStepException
+from ..learner import unwrap_model
+
+_DTYPES = {
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+class MixedPrecision(Callback):
+    """Runs the forward pass and the loss under `torch.autocast`; float16 adds a GradScaler.
+
+    Autocast is entered in `before_batch` and left in `after_loss`, so backward and the step run
+    outside it. With float16 the scaler multiplies `loss_grad` in `before_backward`, unscales the
+    gradients in `before_step` (so GradientClip, which runs after it, sees true gradients), and
+    when they hold inf/NaN cancels the step (`CancelStepException`: the loop still zeroes the
+    gradients) and lowers the scale; `scaler.update()` runs in `after_batch`, only for batches
+    that reached the step. bfloat16 needs no scaler.
+
+    Example:
+        learn = Learner(model, dls, cbs=MixedPrecision(torch.bfloat16))
+        learn.to_fp16()  # the same with float16 and a GradScaler
+
+    Args:
+        dtype: `torch.float16` (with a GradScaler) or `torch.bfloat16` (without); the strings
+            'fp16' and 'bf16' work too.
+        init_scale: the GradScaler's first loss scale (float16 only).
+        growth_factor: the scale is multiplied by it after `growth_interval` finite steps.
+        backoff_factor: the scale is multiplied by it after a step with inf/NaN gradients.
+        growth_interval: number of consecutive finite steps before the scale grows.
+    """
+
+    def __init__(
+        self,
+        dtype: torch.dtype | str = torch.float16,
+        init_scale: float = 2.0**16,
+        growth_factor: float = 2.0,
+        backoff_factor: float = 0.5,
+        growth_interval: int = 2000,
+    ) -> None:
+        if isinstance(dtype, str):
+            if dtype.lower() not in _DTYPES:
+                raise ValueError(f"dtype must be torch.float16 or torch.bfloat16, got {dtype!r}")
+            dtype = _DTYPES[dtype.lower()]
+        if dtype not in (torch.float16, torch.bfloat16):
+            raise ValueError(f"dtype must be torch.float16 or torch.bfloat16, got {dtype!r}")
+        if not init_scale > 0:
+            raise ValueError(f"init_scale must be > 0, got {init_scale!r}")
+        if not growth_factor > 1:
+            raise ValueError(f"growth_factor must be > 1, got {growth_factor!r}")
+        if not 0 < backoff_factor < 1:
+            raise ValueError(f"backoff_factor must be in (0, 1), got {backoff_factor!r}")
+        self.dtype = dtype
+        self.scaler_kwargs = {
+            "init_scale": init_scale,
+            "growth_factor": growth_factor,
+            "backoff_factor": backoff_factor,
+            "growth_interval": _positive_int("growth_interval", growth_interval),
+        }
+        self.scaler: torch.amp.GradScaler | None = None
+        self._pending_scaler_state: dict | None = None
+        self._autocast: Any = None
+        self._autocast_device = ""
+        self._active: Any = None
+        self._unscaled = False
+
+    @property
+    def uses_scaler(self) -> bool:
+        """True for float16, whose small range needs loss scaling."""
+        return self.dtype == torch.float16
+
+    def _get_scaler(self) -> torch.amp.GradScaler:
+        if self.scaler is None:
+            self.scaler = torch.amp.GradScaler(self.learn.device.type, **self.scaler_kwargs)
+            if self._pending_scaler_state is not None:
+                self.scaler.load_state_dict(self._pending_scaler_state)
+                self._pending_scaler_state = None
+        return self.scaler
+
+    # ---- autocast around forward and loss --------------------------------------------------
+
+    def before_batch(self) -> None:
+        device_type = self.learn.device.type
+        if self._autocast is None or self._autocast_device != device_type:
+            self._autocast = torch.autocast(device_type, dtype=self.dtype)
+            self._autocast_device = device_type
+        self._exit_autocast()
+        self._autocast.__enter__()
+        self._active = self._autocast
+
+    def after_loss(self) -> None:
+        self._exit_autocast()
+
+    def _exit_autocast(self) -> None:
+        # Idempotent: every path out of a batch (loss computed, cancel, error) calls it.
+        if self._active is not None:
+            active, self._active = self._active, None
+            active.__exit__(None, None, None)
+
+    # A cancel or error raised between before_batch and after_loss skips after_loss; these
+    # events are the ones that still fire on each such path.
+    def after_cancel_batch(self) -> None:
+        self._exit_autocast()
+
+    def after_train(self) -> None:
+        self._exit_autocast()
+
+    def after_validate(self) -> None:
+        self._exit_autocast()
+
+    def after_epoch(self) -> None:
+        self._exit_autocast()
+
+    def after_fit(self) -> None:
+        self._exit_autocast()
+        self._update_scaler()
+
+    def after_exception(self) -> None:
+        self._exit_autocast()
+        self._update_scaler()
+
+    # ---- float16 loss scaling --------------------------------------------------------------
+
+    def before_fit(self) -> None:
+        if self.uses_scaler:
+            self._get_scaler()
+
+    def before_backward(self) -> None:
+        if self.uses_scaler:
+            # A new tensor: learn.loss shares storage with loss_grad and must stay unscaled.
+            self.learn.loss_grad = self._get_scaler().scale(self.learn.loss_grad)
+
+    def before_step(self) -> None:
+        if not self.uses_scaler:
+            return
+        scaler = self._get_scaler()
+        self._update_scaler()  # a previous step that never reached after_batch
+        scaler.unscale_(self.learn.opt)
+        self._unscaled = True
+        # GradScaler.step makes the same host read to decide whether to skip the step.
+        found_inf = scaler._found_inf_per_device(self.learn.opt)
+        if sum(v.item() for v in found_inf.values()):
+            raise CancelStepException()
+
+    def after_batch(self) -> None:
+        self._exit_autocast()
+        self._update_scaler()
+
+    def _update_scaler(self) -> None:
+        if self._unscaled:
+            self._unscaled = False
+            self.scaler.update()
+
+    def state_dict(self) -> dict:
+        if self.scaler is not None:
+            return {"scaler": self.scaler.state_dict()}
+        if self._pending_scaler_state is not None:
+            return {"scaler": dict(self._pending_scaler_state)}
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "scaler" not in state:
+            return
+        if self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        else:
+            self._pending_scaler_state = dict(state["scaler"])
+
+
+class GradientClip(Callback):
+    """Clips the gradients before each optimizer step (after MixedPrecision has unscaled them).
+
+    Example:
+        learn = Learner(model, dls, cbs=GradientClip(max_norm=1.0))
+
+    Args:
+        max_norm: the total norm of all gradients is scaled down to at most this value
+            (`torch.nn.utils.clip_grad_norm_`); None: no norm clipping.
+        norm_type: the p of the p-norm (2.0; `float('inf')` for the max-norm).
+        clip_value: also clamp every gradient element to [-clip_value, clip_value], before the
+            norm clipping; None: no value clipping.
+
+    Attributes:
+        last_norm: the total gradient norm before clipping at the last step (a tensor, left on
+            the device), or None.
+    """
+
+    run_after = ("MixedPrecision", "GradientAccumulation")
+
+    def __init__(
+        self,
+        max_norm: float | None = 1.0,
+        norm_type: float = 2.0,
+        clip_value: float | None = None,
+    ) -> None:
+        if max_norm is None and clip_value is None:
+            raise ValueError("GradientClip needs max_norm or clip_value; got None for both")
+        if max_norm is not None and not max_norm > 0:
+            raise ValueError(f"max_norm must be > 0, got {max_norm!r}")
+        if not norm_type > 0:
+            raise ValueError(f"norm_type must be > 0, got {norm_type!r}")
+        if clip_value is not None and not clip_value > 0:
+            raise ValueError(f"clip_value must be > 0, got {clip_value!r}")
+        self.max_norm, self.norm_type, self.clip_value = max_norm, float(norm_type), clip_value
+        self.last_norm: torch.Tensor | None = None
+
+    def before_step(self) -> None:
+        params = [p for g in self.learn.opt.param_groups for p in g["params"] if p.grad is not None]
+        if not params:
+            return
+        if self.clip_value is not None:
+            nn.utils.clip_grad_value_(params, self.clip_value)
+        if self.max_norm is not None:
+            self.last_norm = nn.utils.clip_grad_norm_(params, self.max_norm, self.norm_type)
+
+
+class GradientAccumulation(Callback):
+    """Steps the optimizer only once enough samples (or micro-batches) have been accumulated.
+
+    Each micro-batch's `loss_grad` is scaled by `bs / n_acc` (or `1 / steps`), so SGD over
+    micro-batches of 16 with `n_acc=32` gives the weights of one step on the 32 samples. Until
+    then `before_step` raises CancelBatchException (as fastai), which skips the step and
+    zero_grad, so the gradients add up. The recorded `loss` stays unscaled. The count carries
+    over epoch boundaries (as fastai); a partial accumulation left at the end of `fit` is
+    discarded (the gradients are zeroed), so it never leaks into a later fit.
+
+    Example:
+        learn = Learner(model, DataLoaders.from_tensors(x, y, bs=16),
+                        cbs=GradientAccumulation(n_acc=64))  # one step per 64 samples
+
+    Args:
+        n_acc: samples per optimizer step (fastai's meaning; default 32). A step is taken at
+            the first micro-batch that brings the count to `n_acc` or more.
+        steps: micro-batches per optimizer step, instead of `n_acc`.
+    """
+
+    run_before = ("MixedPrecision", "GradientClip")
+    run_valid = False
+
+    def __init__(self, n_acc: int | None = None, steps: int | None = None) -> None:
+        if n_acc is not None and steps is not None:
+            raise ValueError(f"pass n_acc or steps, not both; got n_acc={n_acc!r}, steps={steps!r}")
+        if steps is not None:
+            self.n_acc, self.steps = None, _positive_int("steps", steps)
+        else:
+            self.n_acc, self.steps = _positive_int("n_acc", 32 if n_acc is None else n_acc), None
+        self.count = 0
+        self._pending: dict | None = None
+        self._loaded = False
+
+    def _size(self) -> int:
+        return 1 if self.steps is not None else find_bs(self.learn.yb)
+
+    @property
+    def target(self) -> int:
+        """The count (samples, or micro-batches with `steps=`) that triggers a step."""
+        return self.steps if self.steps is not None else self.n_acc
+
+    def _reset(self) -> None:
+        self.count = 0
+        if self.learn.opt is not None:
+            self.learn.opt.zero_grad()
+
+    def before_fit(self) -> None:
+        if self._pending is not None:
+            state, self._pending = self._pending, None
+            self._reset()
+            self.load_state_dict(state)
+        if self._loaded:
+            self._loaded = False  # resuming: keep the restored count and gradients
+        else:
+            self._reset()  # drop gradients a previous, interrupted fit left behind
+
+    def after_fit(self) -> None:
+        self._reset()
+        self._loaded = False
+
+    def after_exception(self) -> None:
+        self._loaded = False  # the next fit starts clean
+
+    def before_backward(self) -> None:
+        # A new tensor: learn.loss shares storage with loss_grad and must stay unscaled.
+        self.learn.loss_grad = self.learn.loss_grad * (self._size() / self.target)
+
+    def before_step(self) -> None:
+        self.count += self._size()
+        if self.count < self.target:
+            raise CancelBatchException()
+        self.count = 0
+
+    def _params(self) -> list[nn.Parameter]:
+        return list(self.learn.model.parameters())
+
+    def state_dict(self) -> dict:
+        """The count, and the accumulated gradients when a step is pending (exact resume)."""
+        state: dict[str, Any] = {"count": self.count}
+        if self.count:
+            state["grads"] = [
+                None if p.grad is None else p.grad.detach().clone() for p in self._params()
+            ]
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.learn is None:
+            self._pending = dict(state)  # applied when the next fit starts
+            return
+        self._loaded = True
+        self.count = int(state["count"])
+        grads = state.get("grads")
+        if grads is None:
+            return
+        params = self._params()
+        if len(grads) != len(params):
+            raise ValueError(
+                f"saved gradients are for {len(grads)} parameters, the model has {len(params)}"
+            )
+        for p, g in zip(params, grads):
+            p.grad = None if g is None else g.to(device=p.device, dtype=p.dtype).clone()
+
+
+class EMA(Callback):
+    """Keeps an exponential moving average of the model's weights, optionally used to validate.
+
+    After every `every`-th optimizer step, each floating-point parameter and buffer of the EMA
+    copy becomes `decay * ema + (1 - decay) * weight` (integer buffers are copied). The copy is
+    made from the model's weights at the start of each `fit` (unless a state was loaded since
+    the last fit: then the loaded average continues). With `swap_on_validate` the EMA
+    weights are copied into the model for every validation pass (also `validate()` and
+    `get_preds()`, like Keras `SwapEMAWeights`) and the training weights put back after it.
+
+    Example:
+        learn = Learner(model, dls, cbs=EMA(decay=0.999))
+        learn.fit(5)
+        preds = learn.ema.model(x)  # inference with the averaged weights
+
+    Args:
+        decay: weight of the old average at each update, in [0, 1).
+        every: update after every `every` optimizer steps.
+        swap_on_validate: validate with the EMA weights.
+    """
+
+    def __init__(self, decay: float = 0.999, every: int = 1, swap_on_validate: bool = True) -> None:
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1:
+            raise ValueError(f"decay must be a number in [0, 1), got {decay!r}")
+        self.decay = float(decay)
+        self.every = _positive_int("every", every)
+        self.swap_on_validate = bool(swap_on_validate)
+        self.n_steps = 0
+        self._ema_model: nn.Module | None = None
+        self._float_pairs: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+        self._other_pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._backup: list[torch.Tensor] | None = None
+        self._skip_step = False
+        self._pending: dict | None = None
+        self._loaded = False
+
+    @property
+    def model(self) -> nn.Module | None:
+        """The averaged copy of the model (eval mode, no gradients); None before the first fit."""
+        return self._ema_model
+
+    def _tensors(self, module: nn.Module) -> list[torch.Tensor]:
+        return list(module.parameters()) + list(module.buffers())
+
+    def _init_from_model(self) -> None:
+        source = unwrap_model(self.learn.model)
+        ema = copy.deepcopy(source).eval().requires_grad_(False)
+        self._ema_model = ema
+        self._pair(source)
+        self.n_steps = 0
+
+    def _pair(self, source: nn.Module) -> None:
+        ema_ts, src_ts = self._tensors(self._ema_model), self._tensors(source)
+        floats = [(e, s) for e, s in zip(ema_ts, src_ts) if e.is_floating_point()]
+        self._float_pairs = ([e for e, _ in floats], [s.detach() for _, s in floats])
+        self._other_pairs = [(e, s) for e, s in zip(ema_ts, src_ts) if not e.is_floating_point()]
+
+    def before_fit(self) -> None:
+        if self._pending is not None:
+            state, self._pending = self._pending, None
+            self.load_state_dict(state)
+        if self._loaded:
+            self._loaded = False  # resuming: keep the restored average
+            self._pair(unwrap_model(self.learn.model))
+        else:
+            self._init_from_model()
+
+    def after_cancel_step(self) -> None:
+        self._skip_step = True  # the weights did not change (e.g. an fp16 overflow)
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        if self._skip_step:
+            self._skip_step = False
+            return
+        self.n_steps += 1
+        if self.n_steps % self.every:
+            return
+        ema_ts, src_ts = self._float_pairs
+        if ema_ts:
+            torch._foreach_lerp_(ema_ts, src_ts, 1.0 - self.decay)
+        for e, s in self._other_pairs:
+            e.copy_(s)
+
+    # ---- validation with the averaged weights ----------------------------------------------
+
+    @torch.no_grad()
+    def before_validate(self) -> None:
+        if not self.swap_on_validate or self._ema_model is None or self._backup is not None:
+            return
+        source = unwrap_model(self.learn.model)
+        src_ts = self._tensors(source)
+        self._backup = [t.detach().clone() for t in src_ts]
+        for s, e in zip(src_ts, self._tensors(self._ema_model)):
+            s.copy_(e)
+
+    @torch.no_grad()
+    def _restore(self) -> None:
+        if self._backup is None:
+            return
+        backup, self._backup = self._backup, None
+        for s, b in zip(self._tensors(unwrap_model(self.learn.model)), backup):
+            s.copy_(b)
+
+    def after_validate(self) -> None:
+        self._restore()
+
+    # A cancel or error inside validation skips after_validate; put the weights back anyway.
+    def after_epoch(self) -> None:
+        self._restore()
+
+    def after_fit(self) -> None:
+        self._restore()
+        self._loaded = False
+
+    def after_exception(self) -> None:
+        self._restore()
+        self._loaded = False
+
+    # ---- resume ----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        if self._ema_model is None:
+            return dict(self._pending) if self._pending is not None else {}
+        return {"model": self._ema_model.state_dict(), "n_steps": self.n_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the average; usable at once through `model`, and kept by the next fit."""
+        if "model" not in state:
+            return
+        if self.learn is None:
+            self._pending = dict(state)  # applied when the next fit starts
+            return
+        if self._ema_model is None:
+            self._init_from_model()
+        self._ema_model.load_state_dict(state["model"])
+        self.n_steps = int(state["n_steps"])
+        self._loaded = True
+
+
+__all__ = ["MixedPrecision", "GradientClip", "GradientAccumulation", "EMA"]
