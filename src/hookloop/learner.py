@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .callback import Callback, build_dispatch, sort_callbacks, warn_legacy_names
+from .callbacks.lr_finder import valley
 from .checkpoint import atomic_save, safe_load
 from .data import DataLoaders, find_bs, to_device
 from .distributed import rank
@@ -295,6 +296,17 @@ class Learner:
 
         with self.removed_cbs([c for c in self.cbs if isinstance(c, ProgressBar)]):
             yield self
+
+    @contextlib.contextmanager
+    def no_logging(self) -> Iterator[Learner]:
+        """Silence `learn.logger` (the epoch table) for the block, as fastai's no_logging."""
+        from .callbacks.progress import no_log
+
+        old, self.logger = self.logger, no_log
+        try:
+            yield self
+        finally:
+            self.logger = old
 
     def _rebuild(self) -> None:
         # Precompute, per phase and event, the handlers to call; rebuilt only when cbs change.
@@ -619,6 +631,84 @@ class Learner:
 
         self.remove_cb(MixUp)
         return self.add_cb(MixUp(alpha, seed=seed))
+
+    # ---- fastai's fit variants and lr_find (schedules in callbacks/schedule.py) -------------
+
+    def fit_one_cycle(
+        self,
+        n_epoch: int,
+        lr_max: float | slice | None = None,
+        div: float = 25.0,
+        div_final: float = 1e5,
+        pct_start: float = 0.25,
+        wd: float | None = None,
+        moms: tuple[float, float, float] | None = (0.95, 0.85, 0.95),
+        cbs: Any = None,
+        callbacks: Any = None,
+        resume: str | Path | None = None,
+    ) -> Any:
+        """fastai's 1cycle: lr rises (cosine) from lr_max/div to lr_max over pct_start, then
+        falls to lr_max/div_final; momentum moves the other way. lr_max=None uses learn.lr."""
+        from .callbacks.schedule import ParamScheduler, one_cycle_scheds
+
+        self._check_fit_args(n_epoch)
+        scheds = one_cycle_scheds(self, lr_max, div, div_final, pct_start, moms)
+        cbs = [ParamScheduler(scheds), *_listify(cbs)]
+        return self.fit(n_epoch, wd=wd, cbs=cbs, callbacks=callbacks, resume=resume)
+
+    def fit_flat_cos(
+        self,
+        n_epoch: int,
+        lr: float | slice | None = None,
+        div_final: float = 1e5,
+        pct_start: float = 0.75,
+        wd: float | None = None,
+        cbs: Any = None,
+        callbacks: Any = None,
+        resume: str | Path | None = None,
+    ) -> Any:
+        """fastai: lr flat for pct_start of training, then cosine down to lr/div_final."""
+        from .callbacks.schedule import ParamScheduler, flat_cos_scheds
+
+        self._check_fit_args(n_epoch)
+        cbs = [ParamScheduler(flat_cos_scheds(self, lr, div_final, pct_start)), *_listify(cbs)]
+        return self.fit(n_epoch, wd=wd, cbs=cbs, callbacks=callbacks, resume=resume)
+
+    def fit_sgdr(
+        self,
+        n_cycles: int,
+        cycle_len: int,
+        lr_max: float | slice | None = None,
+        cycle_mult: int = 2,
+        wd: float | None = None,
+        cbs: Any = None,
+        callbacks: Any = None,
+        resume: str | Path | None = None,
+    ) -> Any:
+        """fastai's SGDR: n_cycles cosine cycles from lr_max to 0, the first cycle_len epochs
+        long and each next one cycle_mult times longer."""
+        from .callbacks.schedule import ParamScheduler, sgdr_n_epoch, sgdr_scheds
+
+        n_epoch = sgdr_n_epoch(n_cycles, cycle_len, cycle_mult)
+        self._check_fit_args(n_epoch)
+        scheds = sgdr_scheds(self, n_cycles, cycle_len, lr_max, cycle_mult)
+        cbs = [ParamScheduler(scheds), *_listify(cbs)]
+        return self.fit(n_epoch, wd=wd, cbs=cbs, callbacks=callbacks, resume=resume)
+
+    def lr_find(
+        self,
+        start_lr: float = 1e-7,
+        end_lr: float = 10,
+        num_it: int = 100,
+        stop_div: bool = True,
+        show_plot: bool = True,
+        suggest_funcs: Any = (valley,),
+    ) -> Any:
+        """Sweep the lr exponentially over num_it batches, restore the model and optimizer, and
+        return the suggested lrs (a namedtuple); the plot is `learn.recorder.plot()`."""
+        from .callbacks.lr_finder import lr_find
+
+        return lr_find(self, start_lr, end_lr, num_it, stop_div, show_plot, suggest_funcs)
 
     def __repr__(self) -> str:
         return f"Learner({type(unwrap_model(self.model)).__name__}, cbs={self.cbs})"

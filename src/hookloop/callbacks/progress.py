@@ -19,6 +19,10 @@ def in_notebook() -> bool:
     return type(ip).__name__ == "ZMQInteractiveShell"
 
 
+def no_log(line: str) -> None:
+    """The logger of `learn.no_logging()`: drops every line."""
+
+
 class _LossBar(tqdm):
     """tqdm that asks for the smoothed loss only when it redraws (no per-batch device sync)."""
 
@@ -92,7 +96,8 @@ class ProgressBar(Callback):
         if self._bar_cls is None:
             self._bar_cls = _LossBar
         self._old_logger = self.learn.logger
-        self.learn.logger = self._write
+        if self._old_logger is not no_log:  # learn.no_logging() keeps the table silent
+            self.learn.logger = self._write
 
     def _write(self, line: str) -> None:
         if self._draw and self._bar_cls is _LossBar:
@@ -151,4 +156,4 @@ class ProgressBar(Callback):
 
 ProgbarLogger = ProgressBar
 
-__all__ = ["ProgressBar", "ProgbarLogger", "in_notebook"]
+__all__ = ["ProgressBar", "ProgbarLogger", "in_notebook", "no_log"]

@@ -1,0 +1,433 @@
+"""Hyper-parameter schedules: ParamScheduler, the fit-variant builders, Keras LR callbacks."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..callback import Callback
+from ..distributed import is_rank_zero
+from ..hyper import HYPER_NAMES, get_hyper, hyper_names, set_hyper
+from ..metrics import higher_is_better
+from ..schedules import SchedCos, combine_scheds, combined_cos
+
+if TYPE_CHECKING:
+    from ..learner import Learner
+
+# fastai's Learner.moms default, used by fit_one_cycle when moms=None.
+DEFAULT_MOMS = (0.95, 0.85, 0.95)
+
+
+class PerGroup:
+    """A schedule per parameter group; returns one value per group (for `set_hyper`)."""
+
+    def __init__(self, scheds: Sequence[Callable[[float], float]]) -> None:
+        self.scheds = list(scheds)
+
+    def __call__(self, pos: float) -> list[float]:
+        return [s(pos) for s in self.scheds]
+
+    def __repr__(self) -> str:
+        return f"PerGroup({self.scheds!r})"
+
+
+class ParamScheduler(Callback):
+    """Sets optimizer hyper-parameters before every training batch from the fit's progress.
+
+    Each schedule maps `pct_train` (0 at the first batch of the fit, 1 at its end) to a value
+    written to every parameter group; a schedule may also return one value per group. The
+    Recorder records `lr` and `mom` itself; other scheduled names (`wd`, `sqr_mom`, `eps`) are
+    appended to `learn.recorder.hps[name]` after every training batch.
+
+    Example:
+        learn.fit(3, cbs=ParamScheduler({'lr': SchedCos(1e-2, 1e-4), 'wd': SchedLin(0, 0.1)}))
+
+    Args:
+        scheds: hyper-parameter name (`lr`, `mom`, `sqr_mom`, `wd`, `eps`) -> a callable of
+            pos in [0, 1] (see `hookloop.schedules`).
+    """
+
+    order = 55  # after the Recorder (50): its before_fit resets recorder.hps, which we extend
+    run_valid = False
+
+    def __init__(self, scheds: dict[str, Callable[[float], Any]]) -> None:
+        if not isinstance(scheds, dict):
+            raise TypeError(
+                f"ParamScheduler: scheds must be a dict of name -> schedule, got "
+                f"{type(scheds).__name__}"
+            )
+        if not scheds:
+            raise ValueError("ParamScheduler: scheds is empty; give at least one schedule")
+        for name, sched in scheds.items():
+            if name not in HYPER_NAMES:
+                raise ValueError(
+                    f"ParamScheduler: unknown hyper-parameter {name!r}; names are "
+                    f"{', '.join(HYPER_NAMES)}"
+                )
+            if not callable(sched):
+                raise TypeError(f"ParamScheduler: schedule for {name!r} is not callable: {sched!r}")
+        self.scheds = dict(scheds)
+        self._items: list[tuple[str, Callable]] = list(self.scheds.items())
+        self._record: list[str] = []
+
+    def before_fit(self) -> None:
+        opt = self.learn.opt
+        have = hyper_names(opt)
+        for name in self.scheds:
+            if name not in have:
+                raise ValueError(
+                    f"ParamScheduler: {type(opt).__name__} has no hyper-parameter {name!r}; "
+                    f"it has: {', '.join(have)}"
+                )
+        recorder = self.learn.__dict__.get("recorder")
+        self._recorder = recorder
+        # Only what the Recorder does not record already, so no value is recorded twice.
+        self._record = [n for n in self.scheds if recorder is not None and n not in recorder.hps]
+        for name in self._record:
+            recorder.hps[name] = []
+
+    def before_batch(self) -> None:
+        self._update(self.learn.pct_train)
+
+    def _update(self, pos: float) -> None:
+        opt = self.learn.opt
+        for name, sched in self._items:
+            set_hyper(opt, name, sched(pos))
+
+    def after_batch(self) -> None:
+        if self._record:
+            opt, hps = self.learn.opt, self._recorder.hps
+            for name in self._record:
+                hps[name].append(get_hyper(opt, name)[-1])
+
+    def __repr__(self) -> str:
+        return f"ParamScheduler({list(self.scheds)})"
+
+
+# ---- fastai's fit variants: the schedules they run ---------------------------------------
+
+
+def _base_lrs(learn: Learner, lr: float | slice | Sequence[float] | None) -> list[float]:
+    # As fastai: write lr (or learn.lr) to the optimizer, then read back one value per group,
+    # so slices spread over the groups before the schedules are built.
+    if learn.opt is None:
+        learn.create_opt()
+    set_hyper(learn.opt, "lr", learn.lr if lr is None else lr)
+    return get_hyper(learn.opt, "lr")
+
+
+def _check_positive(owner: str, **values: float) -> None:
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v > 0:
+            raise ValueError(f"{owner}: {name} must be a positive number, got {v!r}")
+
+
+def _check_pct(owner: str, pct_start: float) -> None:
+    if isinstance(pct_start, bool) or not isinstance(pct_start, numbers.Real):
+        raise TypeError(f"{owner}: pct_start must be a number in [0, 1], got {pct_start!r}")
+    if not 0 <= pct_start <= 1:
+        raise ValueError(f"{owner}: pct_start must be in [0, 1], got {pct_start!r}")
+
+
+def one_cycle_scheds(
+    learn: Learner,
+    lr_max: float | slice | None = None,
+    div: float = 25.0,
+    div_final: float = 1e5,
+    pct_start: float = 0.25,
+    moms: Sequence[float] | None = DEFAULT_MOMS,
+) -> dict[str, Callable]:
+    """fastai's one-cycle schedules: lr cosine lr_max/div -> lr_max -> lr_max/div_final,
+    mom cosine moms[0] -> moms[1] -> moms[2], both turning at pct_start."""
+    _check_positive("fit_one_cycle", div=div, div_final=div_final)
+    _check_pct("fit_one_cycle", pct_start)
+    if moms is None:
+        moms = getattr(learn, "moms", DEFAULT_MOMS)
+    if len(moms) != 3:
+        raise ValueError(f"fit_one_cycle: moms must be 3 values (start, middle, end), got {moms!r}")
+    lrs = _base_lrs(learn, lr_max)
+    scheds: dict[str, Callable] = {
+        "lr": PerGroup([combined_cos(pct_start, lr / div, lr, lr / div_final) for lr in lrs])
+    }
+    # Optimizers without momentum (Adagrad, ...) just get the lr schedule.
+    if "mom" in hyper_names(learn.opt):
+        scheds["mom"] = combined_cos(pct_start, *moms)
+    return scheds
+
+
+def flat_cos_scheds(
+    learn: Learner,
+    lr: float | slice | None = None,
+    div_final: float = 1e5,
+    pct_start: float = 0.75,
+) -> dict[str, Callable]:
+    """fastai's flat-cos schedule: lr flat for pct_start, then cosine down to lr/div_final."""
+    _check_positive("fit_flat_cos", div_final=div_final)
+    _check_pct("fit_flat_cos", pct_start)
+    lrs = _base_lrs(learn, lr)
+    return {"lr": PerGroup([combined_cos(pct_start, v, v, v / div_final) for v in lrs])}
+
+
+def sgdr_n_epoch(n_cycles: int, cycle_len: int, cycle_mult: int = 2) -> int:
+    """Epochs of `fit_sgdr`: cycle_len * (1 + cycle_mult + ... + cycle_mult**(n_cycles-1))."""
+    for name, v in (("n_cycles", n_cycles), ("cycle_len", cycle_len), ("cycle_mult", cycle_mult)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"fit_sgdr: {name} must be a positive int, got {v!r}")
+    if cycle_mult == 1:  # fastai's closed form divides by cycle_mult - 1
+        return cycle_len * n_cycles
+    return cycle_len * (cycle_mult**n_cycles - 1) // (cycle_mult - 1)
+
+
+def sgdr_scheds(
+    learn: Learner,
+    n_cycles: int,
+    cycle_len: int,
+    lr_max: float | slice | None = None,
+    cycle_mult: int = 2,
+) -> dict[str, Callable]:
+    """fastai's SGDR: n_cycles cosine cycles lr_max -> 0, each cycle_mult times the last."""
+    n_epoch = sgdr_n_epoch(n_cycles, cycle_len, cycle_mult)
+    pcts = [cycle_len * cycle_mult**i / n_epoch for i in range(n_cycles)]
+    lrs = _base_lrs(learn, lr_max)
+    return {"lr": PerGroup([combine_scheds(pcts, [SchedCos(v, 0)] * n_cycles) for v in lrs])}
+
+
+# ---- Keras callbacks that change the learning rate per epoch -----------------------------
+
+
+def log_learning_rate(learn: Learner) -> None:
+    """Keras 3: add this epoch's `learning_rate` to the logs and the History, once per epoch."""
+    recorder = learn.__dict__.get("recorder")
+    if recorder is None or learn.opt is None:
+        return
+    history = recorder.history
+    if not history.epoch or history.epoch[-1] != learn.epoch:
+        return  # the epoch was not recorded (cancelled before its values were complete)
+    lrs = history.history.setdefault("learning_rate", [])
+    if len(lrs) >= len(history.epoch):
+        return  # another callback logged it already
+    while len(lrs) < len(history.epoch) - 1:
+        lrs.append(float("nan"))  # epochs run before this callback was attached
+    lr = get_hyper(learn.opt, "lr")[-1]
+    lrs.append(lr)
+    recorder.logs["learning_rate"] = lr
+
+
+def _takes_lr(schedule: Callable) -> bool:
+    # Keras tries schedule(epoch, lr) and falls back to schedule(epoch) on TypeError, which
+    # would also swallow a TypeError raised inside the schedule; look at the signature instead.
+    try:
+        params = inspect.signature(schedule).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)
+
+
+class LearningRateScheduler(Callback):
+    """Keras: sets the learning rate at the start of every epoch to `schedule(epoch, lr)`.
+
+    `schedule(epoch)` (one argument) works too. `epoch` is 0-based; `lr` is the current rate of
+    the last parameter group; the returned float is written to every group. The epoch's rate is
+    added to the logs and the History as `learning_rate`, as in Keras 3.
+
+    Example:
+        learn.fit(10, cbs=LearningRateScheduler(lambda epoch, lr: lr if epoch < 5 else lr * 0.9))
+
+    Args:
+        schedule: `schedule(epoch, lr) -> float` or `schedule(epoch) -> float`.
+        verbose: 0 quiet, 1 prints a line whenever the rate is set.
+    """
+
+    order = -5  # log learning_rate before other after_epoch handlers read the logs
+
+    def __init__(self, schedule: Callable[..., float], verbose: int = 0) -> None:
+        if not callable(schedule):
+            raise TypeError(f"LearningRateScheduler: schedule must be callable, got {schedule!r}")
+        if isinstance(verbose, bool) or not isinstance(verbose, int) or verbose < 0:
+            raise ValueError(f"LearningRateScheduler: verbose must be 0 or 1, got {verbose!r}")
+        self.schedule, self.verbose = schedule, verbose
+        self._with_lr = _takes_lr(schedule)
+
+    def before_epoch(self) -> None:
+        learn = self.learn
+        epoch = learn.epoch
+        if self._with_lr:
+            lr = self.schedule(epoch, get_hyper(learn.opt, "lr")[-1])
+        else:
+            lr = self.schedule(epoch)
+        # Keras accepts only floats: an int or a tensor is more likely a bug than a rate.
+        if not isinstance(lr, numbers.Real) or isinstance(lr, numbers.Integral):
+            raise ValueError(
+                f"LearningRateScheduler: the schedule must return a float, got {lr!r} "
+                f"({type(lr).__name__}) for epoch {epoch}"
+            )
+        set_hyper(learn.opt, "lr", float(lr))
+        if self.verbose > 0 and is_rank_zero():
+            learn.logger(
+                f"Epoch {epoch + 1}: LearningRateScheduler setting learning rate to {float(lr)}."
+            )
+
+    def after_epoch(self) -> None:
+        log_learning_rate(self.learn)
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiplies the learning rate by `factor` when a monitored value stops improving.
+
+    fastai and Keras semantics: after `patience` epochs without an improvement larger than
+    `min_delta`, every parameter group's rate becomes `max(lr * factor, min_lr)`; then
+    `cooldown` epochs pass before epochs without improvement count again. The direction
+    (`mode='auto'`) comes from the name: losses and errors should go down, other metrics up,
+    and a metric object's `higher_is_better` wins.
+
+    Example:
+        learn.fit(30, cbs=ReduceLROnPlateau(monitor='val_loss', factor=0.5, patience=2))
+
+    Args:
+        monitor: a recorded name, fastai (`valid_loss`, `accuracy`) or Keras (`val_loss`).
+        factor: new_lr = lr * factor; must be in (0, 1).
+        patience: epochs without improvement before the rate is reduced.
+        min_delta: an improvement must beat the best value by more than this.
+        cooldown: epochs to wait after a reduction before counting again.
+        min_lr: lower bound of the rate (one value, or one per parameter group).
+        mode: 'auto', 'min' (lower is better) or 'max'.
+        verbose: 1 prints a line on each reduction.
+        reset_on_fit: start afresh (best, wait, cooldown) at every fit.
+    """
+
+    order = -5  # log learning_rate before other after_epoch handlers read the logs
+
+    def __init__(
+        self,
+        monitor: str = "valid_loss",
+        factor: float = 0.1,
+        patience: int = 10,
+        min_delta: float = 1e-4,
+        cooldown: int = 0,
+        min_lr: float | Sequence[float] = 0.0,
+        mode: str = "auto",
+        verbose: int = 0,
+        reset_on_fit: bool = True,
+    ) -> None:
+        if not isinstance(monitor, str):
+            raise TypeError(f"ReduceLROnPlateau: monitor must be a str, got {monitor!r}")
+        if isinstance(factor, bool) or not isinstance(factor, numbers.Real):
+            raise TypeError(f"ReduceLROnPlateau: factor must be a float, got {factor!r}")
+        if factor >= 1.0:
+            raise ValueError(
+                f"ReduceLROnPlateau does not support a factor >= 1.0, got factor={factor!r} "
+                f"(new_lr = lr * factor; fastai's factor=10 is factor=0.1 here)"
+            )
+        if factor <= 0:
+            raise ValueError(f"ReduceLROnPlateau: factor must be > 0, got factor={factor!r}")
+        for name, v in (("patience", patience), ("cooldown", cooldown)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"ReduceLROnPlateau: {name} must be an int >= 0, got {v!r}")
+        if isinstance(min_delta, bool) or not isinstance(min_delta, numbers.Real) or min_delta < 0:
+            raise ValueError(f"ReduceLROnPlateau: min_delta must be >= 0, got {min_delta!r}")
+        min_lrs = list(min_lr) if isinstance(min_lr, (list, tuple)) else [min_lr]
+        for v in min_lrs:
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or v < 0:
+                raise ValueError(f"ReduceLROnPlateau: min_lr must be >= 0, got {min_lr!r}")
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(
+                f"ReduceLROnPlateau: mode must be 'auto', 'min' or 'max', got {mode!r}"
+            )
+        self.monitor, self.factor, self.patience = monitor, float(factor), patience
+        self.min_delta, self.cooldown, self.min_lr = float(min_delta), cooldown, min_lr
+        self.mode, self.verbose, self.reset_on_fit = mode, verbose, reset_on_fit
+        self.best: float | None = None
+        self.wait = 0
+        self.cooldown_counter = 0
+
+    def _reset(self) -> None:
+        self.best = -math.inf if self._higher else math.inf
+        self.wait = 0
+        self.cooldown_counter = 0
+
+    def before_fit(self) -> None:
+        recorder = self.learn.recorder
+        self._name = recorder.resolve(self.monitor)
+        if self.mode == "auto":
+            self._higher = higher_is_better(self._name, recorder.metric_object(self._name))
+        else:
+            self._higher = self.mode == "max"
+        n_groups = len(self.learn.opt.param_groups)
+        if isinstance(self.min_lr, (list, tuple)):
+            if len(self.min_lr) != n_groups:
+                raise ValueError(
+                    f"ReduceLROnPlateau: min_lr has {len(self.min_lr)} values for {n_groups} "
+                    f"parameter groups"
+                )
+            self._min_lrs = [float(v) for v in self.min_lr]
+        else:
+            self._min_lrs = [float(self.min_lr)] * n_groups
+        if self.reset_on_fit or self.best is None:
+            self._reset()
+
+    def _improved(self, current: float) -> bool:
+        if self._higher:
+            return current > self.best + self.min_delta
+        return current < self.best - self.min_delta
+
+    def after_epoch(self) -> None:
+        learn = self.learn
+        log_learning_rate(learn)
+        recorder = learn.recorder
+        if not recorder.rows or recorder.rows[-1]["epoch"] != learn.epoch:
+            return  # this epoch has no values (cancelled before validation ended)
+        current = float(recorder.rows[-1][self._name])
+        # Keras's order of checks: cooldown first, then improvement, then patience.
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self._improved(current):
+            self.best = current
+            self.wait = 0
+        elif self.cooldown_counter <= 0:
+            self.wait += 1
+            if self.wait >= self.patience:
+                self._reduce()
+
+    def _reduce(self) -> None:
+        learn = self.learn
+        old = get_hyper(learn.opt, "lr")
+        new = [max(lr * self.factor, m) if lr > m else lr for lr, m in zip(old, self._min_lrs)]
+        if new == old:
+            return  # every group is at min_lr already
+        set_hyper(learn.opt, "lr", new)
+        self.cooldown_counter = self.cooldown
+        self.wait = 0
+        if self.verbose > 0 and is_rank_zero():
+            learn.logger(
+                f"Epoch {learn.epoch + 1}: ReduceLROnPlateau reducing learning rate to {new[-1]}."
+            )
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "wait": self.wait, "cooldown_counter": self.cooldown_counter}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = state["best"]
+        self.wait = state["wait"]
+        self.cooldown_counter = state["cooldown_counter"]
+
+
+# fastai v1's name.
+ReduceLROnPlateauCallback = ReduceLROnPlateau
+
+__all__ = [
+    "ParamScheduler",
+    "PerGroup",
+    "LearningRateScheduler",
+    "ReduceLROnPlateau",
+    "ReduceLROnPlateauCallback",
+    "one_cycle_scheds",
+    "flat_cos_scheds",
+    "sgdr_scheds",
+    "sgdr_n_epoch",
+    "log_learning_rate",
+]
