@@ -39,6 +39,8 @@ class Callback:
         run_before / run_after: classes or names this callback must run before / after.
         run_train / run_valid: set False to skip the training / validation phase.
         rank_zero_only: under torch.distributed, attach only on rank 0 (files, network, printing).
+        state_version: version of the `state_dict()` layout stored in checkpoints; a callback
+            that changes its layout bumps it and converts old states in `migrate_state_dict`.
     """
 
     order: int = 0
@@ -47,6 +49,8 @@ class Callback:
     run_train: bool = True
     run_valid: bool = True
     rank_zero_only: bool = False
+    # Saved with state_dict() in checkpoints; bump it when the layout of state_dict() changes.
+    state_version: int = 1
     learn: Learner | None = None
 
     @property
@@ -79,11 +83,21 @@ class Callback:
         object.__setattr__(self, key, value)
 
     def state_dict(self) -> dict:
-        """Everything this callback needs to resume; empty by default."""
+        """Everything this callback needs to resume; empty by default.
+
+        Tensors and plain Python values only: checkpoints load with weights_only=True.
+        """
         return {}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what `state_dict()` returned."""
+
+    def migrate_state_dict(self, state: dict, version: int) -> dict:
+        """Convert a state saved at an older `state_version` to the current layout."""
+        raise ValueError(
+            f"{type(self).__name__} is at state version {self.state_version}; it cannot "
+            f"convert a saved state of version {version}"
+        )
 
     def __repr__(self) -> str:
         return type(self).__name__
@@ -165,8 +179,16 @@ _PHASE_FREE_EVENTS = frozenset(
 
 
 def build_dispatch(cbs: list[Callback], phase: str) -> dict[str, tuple[Callable, ...]]:
-    """For each event, the tuple of bound methods to call; `phase` is 'train' or 'valid'."""
+    """For each event, the tuple of bound methods to call; `phase` is 'train' or 'valid'.
+
+    A callback that defines Keras hooks (`on_epoch_end(epoch, logs)`, ...) gets one bound
+    adapter per hook, on the event it maps to; only then is the stop_training check added.
+    """
+    from .callbacks import keras  # late: that module imports this one
+
     table: dict[str, list[Callable]] = {e: [] for e in EVENTS}
+    keras_cbs = [cb for cb in cbs if keras.has_keras_hooks(cb)]
+    predicting = bool(keras_cbs) and keras.is_predicting(cbs)
     for cb in cbs:
         # run_train/run_valid gate one phase's events; fit- and epoch-level events fire in
         # whichever table is current (before_fit runs while `training` is still False).
@@ -185,6 +207,12 @@ def build_dispatch(cbs: list[Callback], phase: str) -> dict[str, tuple[Callable,
             h = _handler(cb, legacy)
             if h is not None and _handler(cb, event) is None:
                 table[event].append(h)
+        if cb in keras_cbs:
+            for event, h in keras.keras_adapters(cb, phase, predicting):
+                if not (skip_phase and event not in _PHASE_FREE_EVENTS):
+                    table[event].append(h)
+    if keras_cbs:
+        keras.add_keras_stop(table, keras_cbs, phase)
     return {e: tuple(hs) for e, hs in table.items()}
 
 
