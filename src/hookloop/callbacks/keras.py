@@ -1,0 +1,420 @@
+"""Keras-style callbacks: KerasCallback, the adapters that run Keras hooks, stop_training."""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from ..callback import Callback, _handler
+from ..events import CancelFitException, CancelTrainException
+
+# Every Keras hook hookloop runs, with the loop event it runs on.
+KERAS_HOOKS: dict[str, str] = {
+    "on_train_begin": "before_fit",
+    "on_train_end": "after_fit",
+    "on_epoch_begin": "before_epoch",
+    "on_epoch_end": "after_epoch",
+    "on_train_batch_begin": "before_batch",
+    "on_train_batch_end": "after_batch",
+    "on_batch_begin": "before_batch",
+    "on_batch_end": "after_batch",
+    "on_test_begin": "before_validate",
+    "on_test_end": "after_validate",
+    "on_test_batch_begin": "before_batch",
+    "on_test_batch_end": "after_batch",
+    "on_predict_begin": "before_validate",
+    "on_predict_end": "after_validate",
+    "on_predict_batch_begin": "before_batch",
+    "on_predict_batch_end": "after_batch",
+}
+
+# Hooks that receive per-batch logs; a training batch hook makes the stop check run per batch.
+_TRAIN_BATCH_HOOKS = (
+    "on_train_batch_begin",
+    "on_train_batch_end",
+    "on_batch_begin",
+    "on_batch_end",
+)
+
+
+def _noop(fn: Callable) -> Callable:
+    # Marks KerasCallback's empty default hooks, so a subclass pays only for what it overrides.
+    fn.__hookloop_noop__ = True
+    return fn
+
+
+def keras_hook(cb: Callback, name: str) -> Callable | None:
+    """The callback's Keras hook `name`, or None when absent or KerasCallback's empty default."""
+    h = _handler(cb, name)
+    if h is None or getattr(getattr(h, "__func__", h), "__hookloop_noop__", False):
+        return None
+    return h
+
+
+def has_keras_hooks(cb: Callback) -> bool:
+    """True when `cb` defines at least one Keras hook (`on_epoch_end`, ...)."""
+    return any(keras_hook(cb, name) is not None for name in KERAS_HOOKS)
+
+
+class BatchLogs(dict):
+    """Keras per-batch `logs` whose tensor values become Python floats only when read.
+
+    Holding the loss tensor avoids a host-device sync for hooks that never look at `logs`;
+    the first read of a value (`logs['loss']`, `logs.get`, `.items()`, `json.dumps(logs)`, ...)
+    converts every value at once, costing one sync.
+    """
+
+    __slots__ = ("_lazy",)
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        super().__init__(values)
+        self._lazy = True
+
+    def _load(self) -> None:
+        if self._lazy:
+            self._lazy = False
+            for k, v in dict.items(self):
+                if isinstance(v, torch.Tensor):
+                    dict.__setitem__(self, k, float(v.detach().float()))
+
+    def __getitem__(self, key: str) -> Any:
+        self._load()
+        return dict.__getitem__(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self._load()
+        return dict.get(self, key, default)
+
+    def items(self) -> Any:
+        self._load()
+        return dict.items(self)
+
+    def values(self) -> Any:
+        self._load()
+        return dict.values(self)
+
+    def __iter__(self) -> Iterator[str]:
+        # Overriding __iter__ makes dict(logs) and {**logs} go through keys()/__getitem__.
+        return dict.__iter__(self)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        self._load()
+        return dict.pop(self, key, *default)
+
+    def popitem(self) -> tuple[str, Any]:
+        self._load()
+        return dict.popitem(self)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        self._load()
+        return dict.setdefault(self, key, default)
+
+    def copy(self) -> dict[str, Any]:
+        self._load()
+        return dict(dict.items(self))
+
+    def __or__(self, other: Any) -> dict[str, Any]:
+        return self.copy() | other
+
+    def __eq__(self, other: object) -> bool:
+        self._load()
+        return dict.__eq__(self, other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        self._load()
+        return dict.__repr__(self)
+
+    def __reduce__(self) -> Any:
+        return (dict, (self.copy(),))
+
+
+def fit_params(learn: Any) -> dict[str, Any]:
+    """Keras `self.params`: epochs, steps (training batches per epoch), verbose."""
+    return {"epochs": learn.n_epoch, "steps": len(learn.dls.train), "verbose": 1}
+
+
+def epoch_logs(learn: Any) -> dict[str, float]:
+    """The last epoch's values under Keras keys (`loss`, `val_loss`, `val_accuracy`) as floats."""
+    rec = learn.__dict__.get("recorder")
+    if rec is None or not rec.rows:
+        return {}
+    return {k: float(v) for k, v in rec.logs.items()}
+
+
+def validation_logs(learn: Any) -> dict[str, float]:
+    """Keras `on_test_end` logs: the validation values without the `val_` prefix."""
+    rec = learn.__dict__.get("recorder")
+    if rec is None:
+        return {}
+    vals = rec.validation_values()
+    return {("loss" if k == "valid_loss" else k): float(v) for k, v in vals.items()}
+
+
+def _batch_logs(learn: Any) -> dict[str, Any]:
+    loss = learn.loss
+    return BatchLogs({"loss": loss}) if loss is not None else {}
+
+
+# Adapters: each turns one loop event into a call of one Keras hook with Keras arguments.
+# They are bound to the Keras callback (types.MethodType), so error notes and show_loop name it.
+
+
+def _on_fit_begin(hook: Callable | None) -> Callable:
+    def before_fit(cb: Callback) -> None:
+        params = fit_params(cb.learn)
+        if callable(getattr(type(cb), "set_params", None)):
+            cb.set_params(params)
+        elif getattr(type(cb), "params", None) is None:
+            object.__setattr__(cb, "params", params)
+        if hook is not None:
+            hook({})
+
+    return before_fit
+
+
+def _with_logs(hook: Callable, logs: Callable[[Any], dict]) -> Callable:
+    def adapter(cb: Callback) -> None:
+        hook(logs(cb.learn))
+
+    return adapter
+
+
+def _with_epoch(hook: Callable, logs: Callable[[Any], dict]) -> Callable:
+    def adapter(cb: Callback) -> None:
+        learn = cb.learn
+        hook(learn.epoch, logs(learn))
+
+    return adapter
+
+
+def _with_batch(hook: Callable, logs: Callable[[Any], dict]) -> Callable:
+    def adapter(cb: Callback) -> None:
+        learn = cb.learn
+        hook(learn.iter, logs(learn))
+
+    return adapter
+
+
+def _empty(learn: Any) -> dict:
+    return {}
+
+
+def _outputs(learn: Any) -> dict:
+    return {"outputs": learn.pred}
+
+
+def _first(cb: Callback, *names: str) -> Callable | None:
+    # Keras: on_train_batch_* falls back to the legacy on_batch_* when not overridden.
+    for name in names:
+        h = keras_hook(cb, name)
+        if h is not None:
+            return h
+    return None
+
+
+def keras_adapters(cb: Callback, phase: str, predicting: bool) -> list[tuple[str, Callable]]:
+    """(event, bound adapter) pairs that run `cb`'s Keras hooks in the `phase` dispatch table."""
+    if not has_keras_hooks(cb):
+        return []
+    hooks: list[tuple[str, Callable | None, Callable]] = [
+        ("before_fit", None, _on_fit_begin(keras_hook(cb, "on_train_begin"))),
+    ]
+
+    def add(event: str, hook: Callable | None, make: Callable, logs: Callable) -> None:
+        if hook is not None:
+            hooks.append((event, hook, make(hook, logs)))
+
+    add("after_fit", keras_hook(cb, "on_train_end"), _with_logs, epoch_logs)
+    add("before_epoch", keras_hook(cb, "on_epoch_begin"), _with_epoch, _empty)
+    add("after_epoch", keras_hook(cb, "on_epoch_end"), _with_epoch, epoch_logs)
+    if phase == "train":
+        begin = _first(cb, "on_train_batch_begin", "on_batch_begin")
+        end = _first(cb, "on_train_batch_end", "on_batch_end")
+        add("before_batch", begin, _with_batch, _empty)
+        add("after_batch", end, _with_batch, _batch_logs)
+    elif predicting:
+        add("before_validate", keras_hook(cb, "on_predict_begin"), _with_logs, _empty)
+        add("after_validate", keras_hook(cb, "on_predict_end"), _with_logs, _empty)
+        add("before_batch", keras_hook(cb, "on_predict_batch_begin"), _with_batch, _empty)
+        add("after_batch", keras_hook(cb, "on_predict_batch_end"), _with_batch, _outputs)
+    else:
+        add("before_validate", keras_hook(cb, "on_test_begin"), _with_logs, _empty)
+        add("after_validate", keras_hook(cb, "on_test_end"), _with_logs, validation_logs)
+        add("before_batch", keras_hook(cb, "on_test_batch_begin"), _with_batch, _empty)
+        add("after_batch", keras_hook(cb, "on_test_batch_end"), _with_batch, _batch_logs)
+    return [(event, types.MethodType(adapter, cb)) for event, _, adapter in hooks]
+
+
+class KerasStopTraining(Callback):
+    """Turns Keras' `model.stop_training = True` into hookloop's cancel exceptions.
+
+    build_dispatch adds it only when some callback defines Keras hooks: its before_fit runs
+    first (the flag is reset each fit, before any `on_train_begin`), its after_batch and
+    after_epoch run last, so every other callback still sees the batch or epoch that stops.
+    """
+
+    def __init__(self, learn: Any) -> None:
+        object.__setattr__(self, "learn", learn)
+
+    def before_fit(self) -> None:
+        self.learn.model.stop_training = False
+
+    def after_batch(self) -> None:
+        # Keras 3: a flag set during a training batch ends that epoch's batch loop.
+        learn = self.learn
+        if learn._training and getattr(learn.model, "stop_training", False):
+            raise CancelTrainException()
+
+    def after_epoch(self) -> None:
+        if getattr(self.learn.model, "stop_training", False):
+            raise CancelFitException()
+
+
+def add_keras_stop(table: dict[str, list[Callable]], keras_cbs: list[Callback], phase: str) -> None:
+    """Add the stop_training check for `keras_cbs` (callbacks with Keras hooks) to `table`."""
+    learn = next((c.learn for c in keras_cbs if c.learn is not None), None)
+    if learn is None:
+        return
+    stop = KerasStopTraining(learn)
+    table["before_fit"].insert(0, stop.before_fit)
+    table["after_epoch"].append(stop.after_epoch)
+    batch_hooks = phase == "train" and any(
+        keras_hook(c, n) is not None for c in keras_cbs for n in _TRAIN_BATCH_HOOKS
+    )
+    if batch_hooks:
+        table["after_batch"].append(stop.after_batch)
+
+
+def is_predicting(cbs: list[Callback]) -> bool:
+    """True while get_preds runs (its GatherPreds callback is attached): on_predict_* hooks."""
+    from .recorder import GatherPreds
+
+    return any(isinstance(c, GatherPreds) for c in cbs)
+
+
+class KerasCallback(Callback):
+    """Base class for callbacks written for Keras: they run unchanged after changing the base.
+
+    Hooks receive Keras arguments: `epoch` (0-based) or `batch` (index within the epoch) and a
+    `logs` dict with Keras keys (`loss`, `val_loss`, `val_accuracy`) as Python floats.
+    `self.model` is the learner's model; `self.model.stop_training = True` stops training
+    (after the current batch's epoch when set in a batch hook, after the epoch otherwise).
+    `self.params` holds `epochs`, `steps` and `verbose`. A plain `Callback` with these method
+    names runs them the same way; this base adds the empty defaults, so `super()` calls work.
+
+    Example:
+        class StopAtLoss(KerasCallback):
+            def on_epoch_end(self, epoch, logs=None):
+                if logs["loss"] < 0.1:
+                    self.model.stop_training = True
+
+        learn.fit(10, cbs=StopAtLoss())
+
+    Args:
+        (none) subclasses take whatever arguments they need.
+    """
+
+    params: dict | None = None
+
+    @property
+    def model(self) -> Any:
+        """The learner's model (Keras: `self.model`)."""
+        model = self.__dict__.get("_model")
+        if model is not None:
+            return model
+        return self.learn.model if self.learn is not None else None
+
+    @model.setter
+    def model(self, model: Any) -> None:
+        object.__setattr__(self, "_model", model)
+
+    def set_model(self, model: Any) -> None:
+        """Keras API: use `model` as `self.model` (normally the learner's model is used)."""
+        self.model = model
+
+    def set_params(self, params: dict) -> None:
+        """Keras API: called with `epochs`, `steps` and `verbose` before `on_train_begin`."""
+        object.__setattr__(self, "params", params)
+
+    @_noop
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        """Start of `fit`."""
+
+    @_noop
+    def on_train_end(self, logs: dict | None = None) -> None:
+        """End of `fit`; `logs` are the last epoch's."""
+
+    @_noop
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        """Start of epoch `epoch` (0-based)."""
+
+    @_noop
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        """End of epoch `epoch`; `logs` holds the epoch's losses and metrics."""
+
+    @_noop
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        """Start of training batch `batch`."""
+
+    @_noop
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        """End of training batch `batch`; `logs['loss']` is its loss."""
+
+    @_noop
+    def on_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        """Keras 2 name of `on_train_batch_begin`."""
+
+    @_noop
+    def on_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        """Keras 2 name of `on_train_batch_end`."""
+
+    @_noop
+    def on_test_begin(self, logs: dict | None = None) -> None:
+        """Start of a validation phase (in fit or `validate`)."""
+
+    @_noop
+    def on_test_end(self, logs: dict | None = None) -> None:
+        """End of a validation phase; `logs` holds `loss` and the metrics."""
+
+    @_noop
+    def on_test_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        """Start of validation batch `batch`."""
+
+    @_noop
+    def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        """End of validation batch `batch`."""
+
+    @_noop
+    def on_predict_begin(self, logs: dict | None = None) -> None:
+        """Start of `get_preds`."""
+
+    @_noop
+    def on_predict_end(self, logs: dict | None = None) -> None:
+        """End of `get_preds`."""
+
+    @_noop
+    def on_predict_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        """Start of prediction batch `batch`."""
+
+    @_noop
+    def on_predict_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        """End of prediction batch `batch`; `logs['outputs']` is the model's output."""
+
+
+__all__ = [
+    "KerasCallback",
+    "KerasStopTraining",
+    "KERAS_HOOKS",
+    "BatchLogs",
+    "keras_adapters",
+    "add_keras_stop",
+    "has_keras_hooks",
+    "is_predicting",
+    "epoch_logs",
+    "fit_params",
+]
