@@ -1,9 +1,17 @@
 """hookloop: a small, fixed PyTorch training loop where every feature is a callback."""
 
 from .callback import Callback, class_to_name
+from .callbacks.lr_finder import LRFinder, SuggestionMethod, minimum, slide, steep, valley
 from .callbacks.mixup import CutMix, MixUp
 from .callbacks.progress import ProgbarLogger, ProgressBar
 from .callbacks.recorder import History, Recorder, TrainEval
+from .callbacks.schedule import (
+    LearningRateScheduler,
+    ParamScheduler,
+    ReduceLROnPlateau,
+    ReduceLROnPlateauCallback,
+)
+from .callbacks.show_graph import ShowGraph, ShowGraphCallback
 from .callbacks.tracker import (
     EarlyStopping,
     EarlyStoppingCallback,
@@ -108,4 +116,16 @@ __all__ = [
     "ModelCheckpoint",
     "TerminateOnNaN",
     "TerminateOnNaNCallback",
+    "ParamScheduler",
+    "LearningRateScheduler",
+    "ReduceLROnPlateau",
+    "ReduceLROnPlateauCallback",
+    "LRFinder",
+    "SuggestionMethod",
+    "valley",
+    "slide",
+    "minimum",
+    "steep",
+    "ShowGraph",
+    "ShowGraphCallback",
 ]

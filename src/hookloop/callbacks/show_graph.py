@@ -1,0 +1,64 @@
+"""ShowGraph: a loss plot redrawn after every epoch (in place in a notebook, else a PNG file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..callback import Callback
+from .lr_finder import LRFinder
+from .plots import show_in_notebook
+from .progress import in_notebook
+from .recorder import save_png
+
+
+class ShowGraph(Callback):
+    """Redraws the training and validation losses after every epoch.
+
+    In a Jupyter notebook the figure is displayed once and updated in place; elsewhere it is
+    written (atomically) to a PNG file after every epoch. The x axis spans the whole fit, so
+    the curve grows from left to right. It stays idle during `lr_find`.
+
+    Example:
+        learn.fit(10, cbs=ShowGraph())   # writes ./loss.png after every epoch
+
+    Args:
+        fname: the PNG to write outside a notebook; a relative path is relative to
+            `learn.path`. Default `learn.path / 'loss.png'`.
+    """
+
+    order = 65  # after the Recorder (50) and the progress bar (60)
+    rank_zero_only = True
+
+    def __init__(self, fname: str | Path | None = None) -> None:
+        if fname is not None and not isinstance(fname, (str, Path)):
+            raise TypeError(f"ShowGraph: fname must be a str or Path, got {fname!r}")
+        self.fname = fname
+        self.handle: Any = None
+        self.fig: Any = None
+
+    def before_fit(self) -> None:
+        learn = self.learn
+        self._run = not any(isinstance(cb, LRFinder) for cb in learn.cbs)
+        self._notebook = in_notebook()
+        self.handle = None
+        self._total = learn.n_epoch * len(learn.dls.train)
+        fname = Path(self.fname) if self.fname is not None else Path("loss.png")
+        self.png_path = fname if fname.is_absolute() else learn.path / fname
+
+    def after_epoch(self) -> None:
+        if not self._run:
+            return
+        fig = self.learn.recorder.plot_loss(skip_start=0)
+        fig.axes[0].set_xlim(0, self._total)
+        self.fig = fig
+        if self._notebook:
+            self.handle = show_in_notebook(fig, self.handle)
+        else:
+            save_png(fig, self.png_path)
+
+
+# fastai v2's name.
+ShowGraphCallback = ShowGraph
+
+__all__ = ["ShowGraph", "ShowGraphCallback"]
