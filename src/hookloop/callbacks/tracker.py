@@ -240,13 +240,15 @@ class EarlyStopping(TrackerCallback):
             raise CancelFitException()
 
     def _stop_message(self, epoch: int) -> str:
-        since = epoch - self.wait
-        if since < self.start_from_epoch:  # nothing beat the baseline
+        since = epoch - self.wait  # the epoch that last reset the counter
+        if since >= self.start_from_epoch:
+            return f"No improvement since epoch {since}: early stopping"
+        if self.baseline is not None:
             return (
                 f"No improvement over baseline {self.baseline} in {self.wait} epochs: "
                 f"early stopping"
             )
-        return f"No improvement since epoch {since}: early stopping"
+        return f"No improvement in {self.wait} epochs: early stopping"  # only NaN values
 
     def after_fit(self) -> None:
         if self.restore_best_weights and self.best_weights is not None:
@@ -558,7 +560,9 @@ class ModelCheckpoint(TrackerCallback):
 
     def _check_pattern(self) -> None:
         dummy: dict[str, Any] = dict.fromkeys(self._keys(), 0.0)
-        dummy["epoch"] = dummy["batch"] = 1
+        dummy["epoch"] = 1
+        if "batch" in dummy:
+            dummy["batch"] = 1
         try:
             self.filepath.format(**dummy)
         except KeyError as e:
