@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ..callback import Callback, _handler
+from ..data import find_bs
 from ..events import CancelFitException, CancelTrainException
 
 # Every Keras hook hookloop runs, with the loop event it runs on.
@@ -61,6 +62,9 @@ def has_keras_hooks(cb: Callback) -> bool:
 
 class BatchLogs(dict):
     """Keras per-batch `logs` whose tensor values become Python floats only when read.
+
+    `logs['loss']` is the running mean of the phase's batch losses so far, weighted by batch
+    size, as in Keras 3 (after the last training batch it equals the epoch's `loss`).
 
     Holding the loss tensor avoids a host-device sync for hooks that never look at `logs`;
     the first read of a value (`logs['loss']`, `logs.get`, `.items()`, `json.dumps(logs)`, ...)
@@ -155,11 +159,6 @@ def validation_logs(learn: Any) -> dict[str, float]:
     return {("loss" if k == "valid_loss" else k): float(v) for k, v in vals.items()}
 
 
-def _batch_logs(learn: Any) -> dict[str, Any]:
-    loss = learn.loss
-    return BatchLogs({"loss": loss}) if loss is not None else {}
-
-
 # Adapters: each turns one loop event into a call of one Keras hook with Keras arguments.
 # They are bound to the Keras callback (types.MethodType), so error notes and show_loop name it.
 
@@ -200,6 +199,29 @@ def _with_batch(hook: Callable, logs: Callable[[Any], dict]) -> Callable:
     return adapter
 
 
+def _with_running_loss(hook: Callable, logs: Any = None) -> Callable:
+    # Keras 3: batch logs hold the phase's running mean loss, weighted by batch size. The sum
+    # stays a device tensor; BatchLogs reads it only if the hook looks at `logs`.
+    total: Any = None
+    seen = 0
+
+    def adapter(cb: Callback) -> None:
+        nonlocal total, seen
+        learn = cb.learn
+        loss = learn.loss
+        if loss is None:
+            hook(learn.iter, {})
+            return
+        bs = find_bs(learn.yb if learn.yb else learn.xb)
+        if learn.iter == 0 or total is None:
+            total, seen = loss * bs, bs
+        else:
+            total, seen = total + loss * bs, seen + bs
+        hook(learn.iter, BatchLogs({"loss": total / seen}))
+
+    return adapter
+
+
 def _empty(learn: Any) -> dict:
     return {}
 
@@ -236,7 +258,7 @@ def keras_adapters(cb: Callback, phase: str, predicting: bool) -> list[tuple[str
         begin = _first(cb, "on_train_batch_begin", "on_batch_begin")
         end = _first(cb, "on_train_batch_end", "on_batch_end")
         add("before_batch", begin, _with_batch, _empty)
-        add("after_batch", end, _with_batch, _batch_logs)
+        add("after_batch", end, _with_running_loss, None)
     elif predicting:
         add("before_validate", keras_hook(cb, "on_predict_begin"), _with_logs, _empty)
         add("after_validate", keras_hook(cb, "on_predict_end"), _with_logs, _empty)
@@ -246,7 +268,7 @@ def keras_adapters(cb: Callback, phase: str, predicting: bool) -> list[tuple[str
         add("before_validate", keras_hook(cb, "on_test_begin"), _with_logs, _empty)
         add("after_validate", keras_hook(cb, "on_test_end"), _with_logs, validation_logs)
         add("before_batch", keras_hook(cb, "on_test_batch_begin"), _with_batch, _empty)
-        add("after_batch", keras_hook(cb, "on_test_batch_end"), _with_batch, _batch_logs)
+        add("after_batch", keras_hook(cb, "on_test_batch_end"), _with_running_loss, None)
     return [(event, types.MethodType(adapter, cb)) for event, _, adapter in hooks]
 
 
