@@ -1,6 +1,16 @@
 """hookloop: a small, fixed PyTorch training loop where every feature is a callback."""
 
 from .callback import Callback, class_to_name
+from .callbacks.keras import KerasCallback
+from .callbacks.logging import (
+    BaseLogger,
+    CSVLogger,
+    LambdaCallback,
+    MLflowLogger,
+    RemoteMonitor,
+    TensorBoard,
+    TensorBoardCallback,
+)
 from .callbacks.lr_finder import LRFinder, SuggestionMethod, minimum, slide, steep, valley
 from .callbacks.mixup import CutMix, MixUp
 from .callbacks.progress import ProgbarLogger, ProgressBar
@@ -61,6 +71,14 @@ from .schedules import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "KerasCallback",
+    "BaseLogger",
+    "CSVLogger",
+    "LambdaCallback",
+    "MLflowLogger",
+    "RemoteMonitor",
+    "TensorBoard",
+    "TensorBoardCallback",
     "Callback",
     "class_to_name",
     "ProgbarLogger",
