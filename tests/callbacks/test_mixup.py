@@ -65,9 +65,14 @@ def identity_learner(x, y, cbs, loss_func=None, valid=None, lr=0.0):
         model.bias.zero_()
     dls = DataLoaders.from_tensors(x, y, valid_pct=None, valid=valid, bs=len(x), shuffle=False)
     learn = Learner(
-        model, dls, loss_func or nn.MSELoss(), opt_func=torch.optim.SGD, lr=lr, cbs=cbs,
+        model,
+        dls,
+        loss_func or nn.MSELoss(),
+        opt_func=torch.optim.SGD,
+        lr=lr,
+        cbs=cbs,
         device="cpu",
-    )  # fmt: skip
+    )
     learn.logger = lambda line: None
     return learn
 
@@ -219,9 +224,14 @@ def test_cutmix_pastes_the_box_and_weights_the_loss_by_the_kept_area():
     dls = DataLoaders.from_tensors(x, y, valid_pct=None, bs=2, shuffle=False)
     capture, cutmix = Capture(), FixedCutMix()
     learn = Learner(
-        model, dls, nn.MSELoss(), opt_func=torch.optim.SGD, lr=0.0,
-        cbs=[cutmix, capture], device="cpu",
-    )  # fmt: skip
+        model,
+        dls,
+        nn.MSELoss(),
+        opt_func=torch.optim.SGD,
+        lr=0.0,
+        cbs=[cutmix, capture],
+        device="cpu",
+    )
     learn.logger = lambda line: None
     learn.fit(1)
     assert cutmix.lam == 0.75

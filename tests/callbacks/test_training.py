@@ -135,25 +135,29 @@ def test_a_partial_accumulation_is_discarded_at_the_end_of_fit():
     assert all(p.grad is None for p in learn.model.parameters())
 
 
-def test_accumulation_state_restores_the_count_and_gradients_mid_accumulation(tmp_path):
+def test_accumulation_resumes_exactly_from_its_saved_count_and_the_saved_gradients(tmp_path):
     torch.manual_seed(0)
     x, y = torch.randn(64, 4), torch.randn(64, 1)
     init = nn.Linear(4, 1)
 
     class CrashAndRestore(Callback):
-        """After micro-batch 0 (16 of 32 samples): save, lose everything, load from the file."""
+        """After micro-batch 0 (16 of 32 samples) lose the count and the gradients, then read
+        them back from a file, as a resumed run does (BackupAndRestore keeps the gradients)."""
 
         run_after = (GradientAccumulation,)
 
         def after_batch(self):
-            ga = self.learn.gradient_accumulation
-            if self.learn.train_iter != 1:
+            learn, ga = self.learn, self.learn.gradient_accumulation
+            if learn.train_iter != 1:
                 return
-            saved = roundtrip(ga.state_dict(), tmp_path)
-            assert saved["count"] == 16
-            self.learn.opt.zero_grad(set_to_none=True)
+            params = list(learn.model.parameters())
+            saved = roundtrip({"ga": ga.state_dict(), "grads": [p.grad for p in params]}, tmp_path)
+            assert saved["ga"] == {"count": 16}
+            learn.opt.zero_grad(set_to_none=True)
             ga.count = 0
-            ga.load_state_dict(saved)
+            ga.load_state_dict(saved["ga"])
+            for p, g in zip(params, saved["grads"]):
+                p.grad = g
 
     plain = make_learner(nn.Linear(4, 1), x, y, bs=16, cbs=GradientAccumulation(32))
     restored = make_learner(
@@ -487,6 +491,14 @@ def test_ema_weights_are_used_for_validation_and_the_training_weights_put_back()
     learn.fit(1)
     assert seen == [3.125]
     assert learn.recorder.rows[0]["valid_loss"] == pytest.approx(-3.125)
+    assert learn.model.weight.item() == 4.0
+
+
+def test_validate_after_fit_uses_the_ema_weights_like_keras_swap_ema_weights():
+    valid = (torch.ones(1, 1), torch.zeros(1, 1))
+    learn = rising_learner(3, EMA(decay=0.5), valid=valid)
+    learn.fit(1)
+    assert learn.validate()["valid_loss"] == pytest.approx(-3.125)
     assert learn.model.weight.item() == 4.0
 
 

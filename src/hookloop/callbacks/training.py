@@ -309,17 +309,11 @@ class GradientAccumulation(Callback):
             raise CancelBatchException()
         self.count = 0
 
-    def _params(self) -> list[nn.Parameter]:
-        return list(self.learn.model.parameters())
-
     def state_dict(self) -> dict:
-        """The count, and the accumulated gradients when a step is pending (exact resume)."""
-        state: dict[str, Any] = {"count": self.count}
-        if self.count:
-            state["grads"] = [
-                None if p.grad is None else p.grad.detach().clone() for p in self._params()
-            ]
-        return state
+        """The micro-step count. The accumulated gradients belong to the training state that
+        BackupAndRestore's checkpoints save (with the weights); restored together, a resume in
+        the middle of an accumulation is exact."""
+        return {"count": self.count}
 
     def load_state_dict(self, state: dict) -> None:
         if self.learn is None:
@@ -327,16 +321,6 @@ class GradientAccumulation(Callback):
             return
         self._loaded = True
         self.count = int(state["count"])
-        grads = state.get("grads")
-        if grads is None:
-            return
-        params = self._params()
-        if len(grads) != len(params):
-            raise ValueError(
-                f"saved gradients are for {len(grads)} parameters, the model has {len(params)}"
-            )
-        for p, g in zip(params, grads):
-            p.grad = None if g is None else g.to(device=p.device, dtype=p.dtype).clone()
 
 
 class EMA(Callback):
