@@ -15,6 +15,7 @@ from .callbacks.lr_finder import LRFinder, SuggestionMethod, minimum, slide, ste
 from .callbacks.mixup import CutMix, MixUp
 from .callbacks.progress import ProgbarLogger, ProgressBar
 from .callbacks.recorder import History, Recorder, TrainEval
+from .callbacks.resume import BackupAndRestore, ResumableSampler
 from .callbacks.schedule import (
     LearningRateScheduler,
     ParamScheduler,
@@ -33,6 +34,7 @@ from .callbacks.tracker import (
     TrackerCallback,
 )
 from .callbacks.training import EMA, GradientAccumulation, GradientClip, MixedPrecision
+from .checkpoint import CheckpointError, latest_checkpoint
 from .data import DataLoaders, TensorLoader, find_bs, to_device
 from .events import (
     EVENTS,
@@ -86,6 +88,10 @@ __all__ = [
     "History",
     "Recorder",
     "TrainEval",
+    "BackupAndRestore",
+    "ResumableSampler",
+    "CheckpointError",
+    "latest_checkpoint",
     "MixUp",
     "CutMix",
     "MixedPrecision",

@@ -63,6 +63,13 @@ class AvgMetric(Metric):
         self.vals.append(self.func(learn.pred, *learn.yb))
         self.counts.append(find_bs(learn.yb if learn.yb else learn.xb))
 
+    def state_dict(self) -> dict:
+        """The running values, so a mid-epoch resume continues the average."""
+        return {"vals": list(self.vals), "counts": list(self.counts)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.vals, self.counts = list(state["vals"]), list(state["counts"])
+
     @property
     def value(self) -> torch.Tensor | float:
         return _weighted_mean(self.vals, self.counts)
@@ -87,6 +94,13 @@ class AvgLoss(Metric):
     def accumulate(self, learn: Any) -> None:
         self.vals.append(learn.loss)
         self.counts.append(find_bs(learn.yb if learn.yb else learn.xb))
+
+    def state_dict(self) -> dict:
+        """The running values, so a mid-epoch resume continues the average."""
+        return {"vals": list(self.vals), "counts": list(self.counts)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.vals, self.counts = list(state["vals"]), list(state["counts"])
 
     @property
     def value(self) -> torch.Tensor | float:
@@ -117,6 +131,13 @@ class AvgSmoothLoss(Metric):
         self.val = torch.lerp(
             torch.as_tensor(learn.loss).float(), torch.as_tensor(self.val), self.beta
         )
+
+    def state_dict(self) -> dict:
+        """The running average, so a mid-epoch resume continues it."""
+        return {"count": self.count, "val": self.val}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count, self.val = state["count"], state["val"]
 
     @property
     def value(self) -> torch.Tensor | float:

@@ -411,6 +411,20 @@ class Recorder(Callback):
                 "epoch": list(self.history.epoch),
                 "params": dict(self.history.params),
             },
+            "last_validation": dict(self.last_validation),
+            "epoch_in_progress": self._epoch_state(),
+        }
+
+    def _epoch_state(self) -> dict | None:
+        # A backup taken mid-epoch also needs the epoch's running values.
+        if not self._fitting or not hasattr(self, "_row"):
+            return None
+        return {
+            "row": dict(self._row),
+            "done": self._epoch_done,
+            "train_start": self._train_start,
+            "elapsed": time.perf_counter() - self._t0,
+            "train_mets": [_metric_state(m) for m in self._train_mets],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -432,6 +446,21 @@ class Recorder(Callback):
             self.log = {n: last[n] for n in self.metric_names if n in last}
             self.logs = {keras_name(n): last[n] for n in names if n in last}
             self.metrics = [last[m.name] for m in self.learn.metrics if m.name in last]
+        self.last_validation = dict(state.get("last_validation", {}))
+        epoch = state.get("epoch_in_progress")
+        if epoch is not None and self._fitting:
+            # The time column counts the time spent on this epoch before the backup too.
+            self._row, self._epoch_done = dict(epoch["row"]), epoch["done"]
+            self._train_start = epoch["train_start"]
+            self._t0 = time.perf_counter() - epoch["elapsed"]
+            for m, saved in zip(self._train_mets, epoch["train_mets"]):
+                if saved is not None:
+                    m.load_state_dict(saved)
+
+
+def _metric_state(m: Any) -> dict | None:
+    # Metrics without a state_dict (e.g. torchmetrics) restart at a mid-epoch resume.
+    return m.state_dict() if hasattr(m, "state_dict") and hasattr(m, "load_state_dict") else None
 
 
 def _mom_key(group: dict) -> str | None:

@@ -1,0 +1,269 @@
+"""Exact resume after a crash: BackupAndRestore, fit(resume=...), and a resumable sampler."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import BatchSampler, DataLoader, IterableDataset, Sampler
+
+from ..callback import Callback
+from ..checkpoint import (
+    _NAME,
+    _TMP_PREFIX,
+    MANIFEST,
+    Checkpoint,
+    list_checkpoints,
+    position_target,
+    save_checkpoint,
+)
+from ..distributed import is_rank_zero
+
+
+def _epoch_generator(seed: int, epoch: int, salt: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed((seed * 1_000_003 + epoch * 2 + salt) % 2**63)
+    return g
+
+
+class ResumableSampler(Sampler[int]):
+    """Wraps a sampler so each epoch's order depends only on `(seed, epoch)` and can start late.
+
+    Random samplers (`RandomSampler`, `SubsetRandomSampler`, `WeightedRandomSampler`) get a
+    generator seeded by `(seed, epoch)` at the start of each epoch; samplers with `set_epoch`
+    (`DistributedSampler`) are told the epoch. Setting `start` skips that many indices on the next
+    pass only (index generation, no data loading). `make_resumable` installs it in a DataLoader.
+
+    Example:
+        sampler = ResumableSampler(RandomSampler(ds), seed=0)
+        sampler.set_epoch(3); sampler.start = 64   # epoch 3 from its 65th sample
+
+    Args:
+        sampler: the sampler to wrap.
+        seed: base seed of the per-epoch generators.
+        loader: the DataLoader it serves; its `generator` is reseeded per epoch too, so worker
+            seeds depend on `(seed, epoch, worker)` and creating the iterator draws nothing from
+            the global random state.
+    """
+
+    def __init__(self, sampler: Sampler, seed: int, loader: DataLoader | None = None) -> None:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {seed!r}")
+        self.sampler = sampler
+        self.seed = seed
+        self.loader = loader
+        self.epoch = 0
+        self.start = 0  # indices to skip on the next pass
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the order of `epoch` (the learner calls it before each epoch)."""
+        self.epoch = epoch
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+        if self.loader is not None:
+            self.loader.generator = _epoch_generator(self.seed, epoch, 1)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[int]:
+        if hasattr(self.sampler, "generator"):
+            self.sampler.generator = _epoch_generator(self.seed, self.epoch, 0)
+        start, self.start = self.start, 0
+        return itertools.islice(iter(self.sampler), start, None)
+
+
+def make_resumable(dl: Any, seed: int | None = None) -> bool:
+    """Make `dl` able to restart at `(epoch, batch)`; True when it can (changed in place).
+
+    hookloop's TensorLoader already can. A torch DataLoader over a map-style dataset gets its
+    sampler wrapped in a ResumableSampler seeded by `seed` (default: the loader's generator's
+    seed, else `torch.initial_seed()`). Other loaders are left alone (False).
+    """
+    if dl is None:
+        return False
+    if position_target(dl) is not None:
+        return True
+    if not isinstance(dl, DataLoader) or isinstance(dl.dataset, IterableDataset):
+        return False
+    if dl.batch_sampler is not None and type(dl.batch_sampler) is not BatchSampler:
+        return False  # a custom batch sampler: its batches cannot be skipped by sample count
+    if seed is None:
+        seed = dl.generator.initial_seed() if dl.generator is not None else torch.initial_seed()
+    wrapped = ResumableSampler(dl.sampler, seed, loader=dl)
+    # DataLoader refuses a new `sampler` after construction to keep it consistent with
+    # `batch_sampler`; replacing both together keeps them consistent.
+    object.__setattr__(dl, "sampler", wrapped)
+    if dl.batch_sampler is not None:
+        dl.batch_sampler.sampler = wrapped
+    return True
+
+
+class _Restore(Callback):
+    """Restores a checkpoint into the fit it is attached to (the restore half of the backups).
+
+    It runs last (`order` 1000): its before_fit comes after every other callback's before_fit,
+    which may reset state, and for a mid-epoch checkpoint its before_train comes after every
+    other before_epoch/before_train (see `Checkpoint`).
+    """
+
+    order = 1000
+
+    def __init__(self) -> None:
+        self.restore_from: Path | None = None  # one-shot source given by fit(resume=path)
+        self.restored_from: Path | None = None
+        self._pending: Checkpoint | None = None
+
+    def _source(self) -> Path | None:
+        return None
+
+    def before_fit(self) -> None:
+        learn = self.learn
+        make_resumable(learn.dls.train)
+        self.restored_from, self._pending = None, None
+        explicit, self.restore_from = self.restore_from, None
+        source = explicit or self._source()
+        if source is None:
+            return
+        source = Path(source)
+        if (source / MANIFEST).exists() or (explicit and _NAME.match(source.name)):
+            # One checkpoint named explicitly: a broken one is an error, not a fallback.
+            ckpt = Checkpoint.read(source, map_location=learn.device)
+        else:
+            ckpt = Checkpoint.newest(source, map_location=learn.device)
+        if ckpt is None:
+            if explicit is None:
+                return  # nothing backed up yet: a fresh start
+            raise FileNotFoundError(f"resume: no complete checkpoint in {str(source)!r}")
+        ckpt.restore_fit_start(learn)
+        self.restored_from = ckpt.path
+        self._pending = ckpt if ckpt.mid_epoch else None
+        learn.logger(f"resumed from {ckpt.path} (epoch {ckpt.epoch}, batch {ckpt.iter})")
+
+    def before_train(self) -> None:
+        if self._pending is not None:
+            ckpt, self._pending = self._pending, None
+            ckpt.restore_train_start(self.learn)
+
+
+class BackupAndRestore(_Restore):
+    """Backs up the whole training state so that running the same script again after a crash
+    continues exactly where the newest complete backup left off (Keras `BackupAndRestore`).
+
+    The resumed run is bit-identical to one that was never interrupted: weights, optimizer,
+    gradient scaler and every callback's state, the Recorder's history, the random states, and
+    the position in the data (mid-epoch backups resume at the next batch, without replaying).
+
+    Example:
+        learn.fit(10, cbs=BackupAndRestore("backups"))   # killed in epoch 6? run it again.
+
+    Args:
+        backup_dir: folder of the backups, one sub-folder per backup (created when needed).
+        save_freq: 'epoch' backs up at the end of every epoch; an int n backs up after every
+            n training batches (counted over the whole fit).
+        keep: number of complete backups kept; an older one is deleted only once a newer one
+            is complete.
+        delete_on_success: delete the backups when fit ends without an exception.
+    """
+
+    def __init__(
+        self,
+        backup_dir: str | os.PathLike,
+        save_freq: str | int = "epoch",
+        keep: int = 2,
+        delete_on_success: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(backup_dir, (str, os.PathLike)):
+            raise TypeError(f"backup_dir must be a path, got {backup_dir!r}")
+        if save_freq != "epoch" and (
+            isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1
+        ):
+            raise ValueError(f"save_freq must be 'epoch' or a positive int, got {save_freq!r}")
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"keep must be a positive int, got {keep!r}")
+        self.backup_dir = Path(backup_dir)
+        self.save_freq = save_freq
+        self.keep = keep
+        self.delete_on_success = delete_on_success
+        if save_freq != "epoch":
+            # Only then is this callback called per batch: 'epoch' costs nothing per batch.
+            self.after_batch = self._backup_every_n
+
+    def _source(self) -> Path | None:
+        return self.backup_dir
+
+    def before_fit(self) -> None:
+        if self.save_freq != "epoch" and not make_resumable(self.learn.dls.train):
+            raise ValueError(
+                f"save_freq={self.save_freq!r} backs up mid-epoch, but the training loader "
+                f"({type(self.learn.dls.train).__name__}) cannot restart mid-epoch; use "
+                f"save_freq='epoch', a hookloop DataLoaders, or a torch DataLoader over a "
+                f"map-style dataset"
+            )
+        super().before_fit()
+
+    def _backup(self, epoch: int, iter: int) -> None:
+        if is_rank_zero():
+            save_checkpoint(self.learn, self.backup_dir, epoch, iter, keep=self.keep)
+
+    def _backup_every_n(self) -> None:
+        learn = self.learn
+        if learn._training and learn.train_iter % self.save_freq == 0:
+            self._backup(learn.epoch, learn.iter + 1)
+
+    def after_epoch(self) -> None:
+        if self.save_freq == "epoch":
+            self._backup(self.learn.epoch + 1, 0)
+
+    def after_fit(self) -> None:
+        if self.delete_on_success and is_rank_zero():
+            self.delete_backups()
+
+    def delete_backups(self) -> None:
+        """Delete this callback's backups (and the folder, when nothing else is in it)."""
+        d = self.backup_dir
+        if not d.is_dir():
+            return
+        for p in list_checkpoints(d):
+            shutil.rmtree(p, ignore_errors=True)
+        for p in d.iterdir():
+            if p.name.startswith(f"{_TMP_PREFIX}ckpt-") and p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+        try:
+            d.rmdir()
+        except OSError:
+            pass  # the user keeps other files there
+
+
+class _ResumeFrom(_Restore):
+    """Restores one checkpoint (or the newest in a folder) for `fit(resume=path)`."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.restore_from = path
+
+
+def resume_callbacks(learn: Any, resume: Any, fit_cbs: list) -> list[Callback]:
+    """What `fit(resume=...)` attaches: 'auto' adds BackupAndRestore(path/model_dir/'backup')
+    unless one is attached; a path restores from that checkpoint or folder."""
+    attached = [c for c in list(learn.cbs) + list(fit_cbs) if isinstance(c, BackupAndRestore)]
+    if resume == "auto":
+        return [] if attached else [BackupAndRestore(learn.path / learn.model_dir / "backup")]
+    if not isinstance(resume, (str, os.PathLike)):
+        raise TypeError(f"resume must be None, 'auto' or a path, got {resume!r}")
+    path = Path(resume)
+    if not path.exists():
+        raise FileNotFoundError(f"resume: no checkpoint or backup folder at {str(path)!r}")
+    if attached:
+        attached[0].restore_from = path
+        return []
+    return [_ResumeFrom(path)]
+
+
+__all__ = ["BackupAndRestore", "ResumableSampler", "make_resumable"]
