@@ -56,7 +56,7 @@ def plot_lr_find(
         colors = rcParams["axes.prop_cycle"].by_key()["color"][1:]
         for i, ((lr, loss), nm) in enumerate(zip(suggestions, nms or [""] * len(suggestions))):
             if math.isfinite(lr) and math.isfinite(loss):
-                ax.plot(lr, loss, "o", label=f"{nm} = {lr:.2e}", c=colors[i % len(colors)])
+                ax.plot(lr, loss, "o", label=nm, c=colors[i % len(colors)])
         ax.legend(loc="best")
     return _finish(fig, fname)
 
@@ -139,8 +139,11 @@ def plot_metrics(recorder: Recorder, fname: str | Path | None = None) -> Figure:
                 ax.plot(epochs, [r[key] for r in rows], marker="o", label=label)
         ax.set_title(name)
         ax.legend(loc="best")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in axs:
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in axs[panels:]:
         ax.set_visible(False)
     return _finish(fig, fname)
