@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -15,6 +16,8 @@ class TensorLoader:
 
     Shuffling draws one permutation per epoch from a generator seeded by `(seed, epoch)`, so
     the order of any epoch is reproducible and a run can restart at `(epoch, offset)`.
+    Under torch.distributed, `shard(rank, world_size)` gives each rank its part of every global
+    batch of `bs * world_size` samples (see `shard`).
 
     Args:
         tensors: tensors sharing their first dimension.
@@ -50,6 +53,8 @@ class TensorLoader:
         self.drop_last = drop_last
         self.epoch = 0
         self.start = 0  # batches to skip in the next iteration (resume within an epoch)
+        # Set by shard(): this loader yields rank `rank`'s part of each global batch.
+        self.rank, self.world_size, self.pad = 0, 1, True
 
     @property
     def dataset(self) -> Sequence:
@@ -59,8 +64,38 @@ class TensorLoader:
     def n(self) -> int:
         return len(self.tensors[0])
 
+    def _n_global(self) -> int:
+        # Global batches of bs * world_size samples in one epoch.
+        size = self.bs * self.world_size
+        return self.n // size if self.drop_last else math.ceil(self.n / size)
+
     def __len__(self) -> int:
-        return self.n // self.bs if self.drop_last else math.ceil(self.n / self.bs)
+        n_batches = self._n_global()
+        if self.world_size > 1 and not self.pad and not self.drop_last:
+            # Without padding, a rank may get nothing of the last, smaller global batch.
+            last = self.n - (n_batches - 1) * self.bs * self.world_size
+            if n_batches and last // self.world_size == 0 and self.rank >= last:
+                n_batches -= 1
+        return n_batches
+
+    def shard(self, rank: int, world_size: int, pad: bool = True) -> TensorLoader:
+        """A loader over the same tensors that yields rank `rank`'s part of each global batch.
+
+        Global batch i holds samples `order[i*G:(i+1)*G]` with `G = bs * world_size`, the order
+        drawn from `(seed, epoch)` as in a single process, and rank r gets its r-th slice of
+        `bs` samples, so the ranks together see what one process with `bs=G` sees. With `pad`
+        (training) the last, smaller global batch is topped up with samples from the start of
+        the order, as DistributedSampler does, so every rank gets as many batches of equal size;
+        without it (validation) the samples are split without repeats and a rank may get one
+        batch fewer.
+        """
+        if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+            raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be an int in [0, {world_size}), got {rank!r}")
+        new = copy.copy(self)
+        new.rank, new.world_size, new.pad = rank, world_size, bool(pad)
+        return new
 
     def set_epoch(self, epoch: int) -> None:
         """Select the permutation of `epoch` (called by the learner before each epoch)."""
@@ -75,6 +110,9 @@ class TensorLoader:
         return torch.randperm(self.n, generator=g).to(self.tensors[0].device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        if self.world_size > 1:
+            yield from self._iter_shard()
+            return
         perm = self.order()
         bs, n, ts = self.bs, self.n, self.tensors
         stop = len(self) * bs
@@ -86,6 +124,28 @@ class TensorLoader:
             for i in range(begin, min(stop, n), bs):
                 idx = perm[i : i + bs]
                 yield tuple(t[idx] for t in ts)
+
+    def _iter_shard(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        order = self.order()
+        if order is None:
+            order = torch.arange(self.n, device=self.tensors[0].device)
+        n, size, w, r = self.n, self.bs * self.world_size, self.world_size, self.rank
+        begin, self.start = self.start, 0
+        for i in range(self._n_global()):
+            lo, hi = i * size, min((i + 1) * size, n)
+            if self.pad:
+                per_rank = math.ceil((hi - lo) / w)
+                pos = torch.arange(lo + r * per_rank, lo + (r + 1) * per_rank) % n
+                idx = order[pos.to(order.device)]
+            else:
+                idx = torch.tensor_split(order[lo:hi], w)[r]
+                if len(idx) == 0:
+                    continue
+            # Skipping counts this rank's batches (a mid-epoch resume skips as many on each rank).
+            if begin:
+                begin -= 1
+                continue
+            yield tuple(t[idx] for t in self.tensors)
 
     def to(self, device: torch.device | str) -> TensorLoader:
         """Move the tensors once, so batches need no per-step transfer."""

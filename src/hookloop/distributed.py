@@ -1,8 +1,37 @@
-"""torch.distributed support: rank helpers (more lands with the distributed issue)."""
+"""torch.distributed support: rank helpers, process-group setup, DDP training, reductions."""
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import datetime
+import os
+import warnings
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import torch
 import torch.distributed as dist
+from torch import nn
+from torch.utils.data import (
+    DataLoader,
+    DistributedSampler,
+    IterableDataset,
+    RandomSampler,
+    Sampler,
+)
+
+from .callback import Callback
+
+if TYPE_CHECKING:
+    from .learner import Learner
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ[name])
+    except (KeyError, ValueError):
+        return default
 
 
 def is_distributed() -> bool:
@@ -11,13 +40,20 @@ def is_distributed() -> bool:
 
 
 def rank() -> int:
-    """This process's global rank (0 outside torch.distributed)."""
-    return dist.get_rank() if is_distributed() else 0
+    """This process's global rank: from the process group, else torchrun's `RANK`, else 0."""
+    # The environment answers before the group exists, so rank-0-only callbacks are left out
+    # of the dispatch table from the moment a Learner is built under torchrun.
+    return dist.get_rank() if is_distributed() else _env_int("RANK", 0)
 
 
 def world_size() -> int:
-    """Number of processes (1 outside torch.distributed)."""
-    return dist.get_world_size() if is_distributed() else 1
+    """Number of processes: from the process group, else torchrun's `WORLD_SIZE`, else 1."""
+    return dist.get_world_size() if is_distributed() else _env_int("WORLD_SIZE", 1)
+
+
+def local_rank() -> int:
+    """This process's rank on its machine (torchrun's `LOCAL_RANK`; 0 without it)."""
+    return _env_int("LOCAL_RANK", 0)
 
 
 def is_rank_zero() -> bool:
@@ -25,4 +61,366 @@ def is_rank_zero() -> bool:
     return rank() == 0
 
 
-__all__ = ["is_distributed", "rank", "world_size", "is_rank_zero"]
+def rank_zero_print(*args: Any, **kwargs: Any) -> None:
+    """`print` on rank 0, nothing elsewhere (the learner's default `logger`)."""
+    if rank() == 0:
+        print(*args, **kwargs)
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op outside a process group of two or more)."""
+    if is_distributed() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def _as_timeout(timeout: Any) -> datetime.timedelta | None:
+    if timeout is None or isinstance(timeout, datetime.timedelta):
+        return timeout
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ValueError(f"timeout must be positive seconds or a timedelta, got {timeout!r}")
+    return datetime.timedelta(seconds=timeout)
+
+
+def init_distributed(backend: str | None = None, timeout: Any = None) -> bool:
+    """Create the default process group from torchrun's environment; True if it was created.
+
+    Nothing happens (False) when a group already exists or `WORLD_SIZE` is missing or 1.
+    The backend is nccl when CUDA is available (each process then uses GPU `LOCAL_RANK`),
+    gloo otherwise. `timeout` (seconds or a timedelta) bounds every collective: a rank that
+    stops answering makes the others fail after it instead of waiting forever.
+    """
+    timeout = _as_timeout(timeout)
+    if is_distributed() or not dist.is_available() or _env_int("WORLD_SIZE", 1) < 2:
+        return False
+    missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise RuntimeError(
+            f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {', '.join(missing)} not set: start the "
+            f"script with torchrun, or call torch.distributed.init_process_group yourself"
+        )
+    cuda = torch.cuda.is_available()
+    if backend is None:
+        backend = "nccl" if cuda else "gloo"
+    if cuda:
+        torch.cuda.set_device(local_rank())
+    kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+    dist.init_process_group(backend, **kwargs)
+    return True
+
+
+def destroy_distributed() -> None:
+    """Destroy the default process group if there is one."""
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def _comm_device() -> torch.device:
+    # nccl reduces CUDA tensors only; gloo takes CPU tensors.
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _active() -> bool:
+    return is_distributed() and dist.get_world_size() > 1
+
+
+def reduce_weighted(pairs: dict[str, tuple[float, int]]) -> dict[str, float]:
+    """Per name, the mean over ranks of `value` weighted by `count`: sum(v*c) / sum(c).
+
+    One all_reduce for all names. A rank with count 0 adds nothing; a name with no samples on
+    any rank is NaN; a NaN with samples on any rank makes the result NaN on every rank.
+    Outside a process group the values come back unchanged.
+    """
+    if not _active():
+        return {k: float(v) for k, (v, _) in pairs.items()}
+    names = list(pairs)
+    rows = [[float(v) * c if c else 0.0, float(c)] for v, c in pairs.values()]
+    t = torch.tensor(rows, dtype=torch.float64, device=_comm_device()).reshape(-1, 2)
+    dist.all_reduce(t)
+    return {k: s / c if c else float("nan") for k, (s, c) in zip(names, t.tolist())}
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when `flag` is true on any rank (one all_reduce; local outside DDP)."""
+    if not _active():
+        return bool(flag)
+    t = torch.tensor([int(bool(flag))], device=_comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def broadcast_int(value: int, src: int = 0) -> int:
+    """Rank `src`'s `value` on every rank (local outside DDP)."""
+    if not _active():
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.int64, device=_comm_device())
+    dist.broadcast(t, src)
+    return int(t.item())
+
+
+class ShardSampler(Sampler[int]):
+    """Indices `rank, rank + world_size, ...` of a dataset of `n` items: a split without repeats.
+
+    Used for validation, where repeating samples (as DistributedSampler pads) would bias the
+    metrics; ranks may get one sample fewer than others.
+
+    Example:
+        list(ShardSampler(5, rank=1, world_size=2))   # [1, 3]
+
+    Args:
+        n: number of items.
+        rank: this process's rank.
+        world_size: number of processes.
+    """
+
+    def __init__(self, n: int, rank: int, world_size: int) -> None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"n must be a non-negative int, got {n!r}")
+        if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+            raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be an int in [0, {world_size}), got {rank!r}")
+        self.n, self.rank, self.world_size = n, rank, world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.n, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world_size))
+
+
+def _with_sampler(dl: DataLoader, sampler: Sampler) -> DataLoader:
+    # A copy of `dl` that draws its indices from `sampler`; everything else is kept.
+    kwargs: dict[str, Any] = {
+        "batch_size": dl.batch_size,
+        "sampler": sampler,
+        "num_workers": dl.num_workers,
+        "collate_fn": dl.collate_fn,
+        "pin_memory": dl.pin_memory,
+        "drop_last": dl.drop_last,
+        "timeout": dl.timeout,
+        "worker_init_fn": dl.worker_init_fn,
+        "multiprocessing_context": dl.multiprocessing_context,
+        "generator": dl.generator,
+        "persistent_workers": dl.persistent_workers,
+    }
+    if dl.num_workers > 0:
+        kwargs["prefetch_factor"] = dl.prefetch_factor
+    return DataLoader(dl.dataset, **kwargs)
+
+
+def shard_loader(dl: Any, rank: int, world_size: int, train: bool = True, seed: int = 0) -> Any:
+    """This rank's share of `dl`: its part of each batch (training) or of the samples (valid).
+
+    hookloop's TensorLoader is sharded with `shard` (same global batches as one process with
+    `bs * world_size`); a torch DataLoader gets a DistributedSampler (training, shuffled when
+    `dl` shuffled, with `seed`) or a ShardSampler (validation). A loader already drawing from a
+    DistributedSampler, an IterableDataset's loader (shard it yourself, torch cannot) and
+    None are returned as they are.
+    """
+    if dl is None or world_size < 2:
+        return dl
+    if hasattr(dl, "shard"):
+        return dl.shard(rank, world_size, pad=train)
+    if isinstance(dl, DataLoader):
+        if isinstance(dl.sampler, DistributedSampler) or isinstance(dl.dataset, IterableDataset):
+            return dl
+        if dl.batch_size is None:
+            raise TypeError(
+                "a DataLoader with a custom batch_sampler cannot be sharded automatically; give "
+                "it a batch_sampler that yields this rank's batches (DistributedSampler inside)"
+            )
+        if train:
+            sampler: Sampler = DistributedSampler(
+                dl.dataset,
+                num_replicas=world_size,
+                rank=rank,
+                shuffle=isinstance(dl.sampler, RandomSampler),
+                seed=seed,
+                drop_last=dl.drop_last,
+            )
+        else:
+            sampler = ShardSampler(len(dl.dataset), rank, world_size)
+        return _with_sampler(dl, sampler)
+    warnings.warn(
+        f"{type(dl).__name__} is neither a hookloop TensorLoader nor a torch DataLoader: it is "
+        f"used unsharded, so every rank sees all of it; each rank must yield as many batches",
+        stacklevel=2,
+    )
+    return dl
+
+
+def _loader_seed(dl: Any) -> int:
+    # DistributedSampler needs the same seed on every rank: rank 0's choice is broadcast.
+    gen = getattr(dl, "generator", None)
+    seed = gen.initial_seed() if gen is not None else torch.initial_seed()
+    return broadcast_int(seed % (2**63))
+
+
+class DistributedTrainer(Callback):
+    """Trains with DistributedDataParallel: wraps the model, shards the data, reduces values.
+
+    `fit` adds it by itself when the script runs under torchrun (`WORLD_SIZE` > 1), so the same
+    script runs as `python train.py` and `torchrun --nproc_per_node=2 train.py`. Add it (or use
+    `learn.distrib_ctx()`) to pass options. For the fit, `learn.model` is the DDP wrapper during
+    training and the user's module during validation, `learn.dls` holds this rank's shards, and
+    the Recorder averages each epoch's losses and metrics over the ranks, weighted by sample
+    counts, so every rank records the same values. Outside a process group of two or more
+    processes it does nothing.
+
+    Example:
+        learn.fit(3, cbs=DistributedTrainer(find_unused_parameters=True))
+
+    Args:
+        sync_bn: convert BatchNorm layers to SyncBatchNorm (CUDA only; ignored on the CPU).
+        shard_valid: give each rank part of the validation set; False validates the whole set
+            on every rank (exact for any metric, world_size times the work).
+        backend: process-group backend if one has to be created (None: nccl on CUDA, gloo).
+        timeout: seconds (or a timedelta) for the collectives of a group created here.
+        **ddp_kwargs: passed to DistributedDataParallel (`find_unused_parameters`, ...).
+    """
+
+    # Before TrainEval (-10) and the Recorder: they read the length of the sharded loader.
+    order = -20
+
+    def __init__(
+        self,
+        sync_bn: bool = True,
+        shard_valid: bool = True,
+        backend: str | None = None,
+        timeout: Any = None,
+        **ddp_kwargs: Any,
+    ) -> None:
+        if backend is not None and not isinstance(backend, str):
+            raise TypeError(f"backend must be a str such as 'gloo' or 'nccl', got {backend!r}")
+        self.timeout = _as_timeout(timeout)
+        self.sync_bn, self.shard_valid, self.backend = bool(sync_bn), bool(shard_valid), backend
+        self.ddp_kwargs = ddp_kwargs
+        self._reset()
+
+    def _reset(self) -> None:
+        self._saved: tuple | None = None  # (model, dls) to put back after the fit
+        self._ddp: nn.Module | None = None
+        self._module: nn.Module | None = None
+
+    def before_fit(self) -> None:
+        init_distributed(self.backend, self.timeout)
+        if not _active():
+            return
+        learn = self.learn
+        model, dls = learn.model, learn.dls
+        self._saved = (model, dls)
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            ddp, module = model, model.module  # the user wrapped it already
+        else:
+            module = model
+            cuda = learn.device.type == "cuda"
+            if self.sync_bn and cuda:
+                module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+            ids = [learn.device.index if learn.device.index is not None else local_rank()]
+            ddp = nn.parallel.DistributedDataParallel(
+                module, device_ids=ids if cuda else None, **self.ddp_kwargs
+            )
+        self._ddp, self._module = ddp, module
+        r, w = rank(), world_size()
+        seed = _loader_seed(dls.train) if isinstance(dls.train, DataLoader) else 0
+        shards = copy.copy(dls)
+        shards.loaders = [
+            shard_loader(dls.train, r, w, train=True, seed=seed),
+            shard_loader(dls.valid, r, w, train=False) if self.shard_valid else dls.valid,
+        ]
+        learn.dls = shards
+        learn.model = ddp
+        recorder = learn.__dict__.get("recorder")
+        if recorder is not None:
+            recorder.reduce_fn = reduce_weighted
+
+    def before_train(self) -> None:
+        if self._ddp is not None:
+            self.learn.model = self._ddp
+
+    def before_validate(self) -> None:
+        # Validation needs no gradient sync, and DDP's buffer broadcast is a collective that
+        # ranks with different numbers of validation batches would not match.
+        if self._module is not None:
+            self.learn.model = self._module
+
+    def after_fit(self) -> None:
+        self._restore()
+
+    def after_exception(self) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        if self._saved is None:
+            return
+        learn = self.learn
+        model, dls = self._saved
+        if self._module is not None and model is not self._ddp:
+            model = self._module  # SyncBatchNorm conversion may have replaced the top module
+        learn.model, learn.dls = model, dls
+        recorder = learn.__dict__.get("recorder")
+        if recorder is not None:
+            recorder.reduce_fn = None
+        self._reset()
+
+
+def distributed_callbacks(learn: Learner, extra: list) -> list[Callback]:
+    """What `fit` adds under torchrun: a DistributedTrainer unless one is attached already."""
+    if world_size() < 2:
+        return []
+    init_distributed()
+    # Rank-0-only callbacks are dropped from the dispatch table of the other ranks.
+    learn._rebuild()
+    if any(isinstance(c, DistributedTrainer) for c in [*learn.cbs, *extra]):
+        return []
+    return [DistributedTrainer()]
+
+
+@contextlib.contextmanager
+def distrib_ctx(
+    learn: Learner,
+    sync_bn: bool = True,
+    backend: str | None = None,
+    timeout: Any = None,
+    **ddp_kwargs: Any,
+) -> Iterator[Learner]:
+    """Train with DDP inside the block (fastai's `learn.distrib_ctx()`).
+
+    Creates the process group from torchrun's environment if none exists (and destroys it on
+    leaving), and attaches a DistributedTrainer for the block. Run as one process, it does
+    nothing.
+    """
+    created = init_distributed(backend, timeout)
+    if is_distributed():
+        learn._rebuild()
+    cb = DistributedTrainer(sync_bn=sync_bn, backend=backend, timeout=timeout, **ddp_kwargs)
+    learn.add_cb(cb)
+    try:
+        yield learn
+    finally:
+        learn.remove_cb(cb)
+        if created:
+            destroy_distributed()
+
+
+__all__ = [
+    "is_distributed",
+    "rank",
+    "world_size",
+    "local_rank",
+    "is_rank_zero",
+    "rank_zero_print",
+    "barrier",
+    "init_distributed",
+    "destroy_distributed",
+    "reduce_weighted",
+    "any_rank",
+    "broadcast_int",
+    "ShardSampler",
+    "shard_loader",
+    "DistributedTrainer",
+    "distributed_callbacks",
+    "distrib_ctx",
+]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from .callback import Callback, build_dispatch, sort_callbacks, warn_legacy_name
 from .callbacks.lr_finder import valley
 from .checkpoint import atomic_save, safe_load
 from .data import DataLoaders, find_bs, to_device
-from .distributed import rank
+from .distributed import local_rank, rank, rank_zero_print
 from .events import (
     CancelBackwardException,
     CancelBatchException,
@@ -53,9 +54,13 @@ _LEVELS: dict[str, tuple[str, str, str, type[CancelException]]] = {
 
 
 def default_device() -> torch.device:
-    """cuda, then mps, then cpu."""
+    """cuda (GPU `LOCAL_RANK` under torchrun), then mps, then cpu."""
     if torch.cuda.is_available():
-        return torch.device("cuda")
+        return (
+            torch.device("cuda", local_rank())
+            if "LOCAL_RANK" in os.environ
+            else torch.device("cuda")
+        )
     mps = getattr(torch.backends, "mps", None)
     if mps is not None and mps.is_available():
         return torch.device("mps")
@@ -187,7 +192,8 @@ class Learner:
         self.path, self.model_dir = Path(path), Path(model_dir)
         self.train_metrics = train_metrics
         self.n_inp = n_inp
-        self.logger: Callable[[str], Any] = print
+        # Prints on rank 0 only: the other ranks of a torchrun job would repeat every line.
+        self.logger: Callable[[str], Any] = rank_zero_print
         # Loop state that callbacks read and may write.
         self.epoch, self.n_epoch, self.iter, self.n_iter = 0, 1, 0, 0
         self.train_iter, self.pct_train = 0, 0.0
@@ -527,6 +533,9 @@ class Learner:
             from .callbacks.resume import resume_callbacks
 
             extra += resume_callbacks(self, resume, extra)
+        from .distributed import distributed_callbacks
+
+        extra += distributed_callbacks(self, extra)  # under torchrun: DDP, sharded data
         if self.opt is None:
             self.create_opt()
         if lr is not None:
@@ -584,11 +593,19 @@ class Learner:
         return name if name.is_absolute() else self.path / self.model_dir / name
 
     def save(self, name: str | Path, with_opt: bool = True) -> Path:
-        """Write the model (and optimizer) state to `path/model_dir/name.pth`, atomically."""
+        """Write the model (and optimizer) state to `path/model_dir/name.pth`, atomically.
+
+        Under torch.distributed only rank 0 writes (the ranks hold the same weights); it is not
+        a collective, so it may be called on rank 0 alone. Other ranks that read the file next
+        wait for it with `hookloop.distributed.barrier()`.
+        """
+        path = self._file(name)
+        if rank() != 0:
+            return path
         state: dict[str, Any] = {"model": unwrap_model(self.model).state_dict()}
         if with_opt and self.opt is not None:
             state["opt"] = self.opt.state_dict()
-        return atomic_save(state, self._file(name))
+        return atomic_save(state, path)
 
     def load(self, name: str | Path, with_opt: bool = True, strict: bool = True) -> Learner:
         """Load what `save` wrote (or a bare state dict), with `torch.load(weights_only=True)`."""
@@ -709,6 +726,14 @@ class Learner:
         from .callbacks.lr_finder import lr_find
 
         return lr_find(self, start_lr, end_lr, num_it, stop_div, show_plot, suggest_funcs)
+
+    def distrib_ctx(
+        self, sync_bn: bool = True, timeout: Any = None, **ddp_kwargs: Any
+    ) -> contextlib.AbstractContextManager:
+        """fastai's context manager: train with DDP inside the block (see DistributedTrainer)."""
+        from .distributed import distrib_ctx
+
+        return distrib_ctx(self, sync_bn=sync_bn, timeout=timeout, **ddp_kwargs)
 
     def __repr__(self) -> str:
         return f"Learner({type(unwrap_model(self.model)).__name__}, cbs={self.cbs})"
