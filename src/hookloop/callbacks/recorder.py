@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,10 @@ class Recorder(Callback):
         self.iters: list[int] = []
         # Set by LRFinder: then the batches recorded are an lr sweep and plot() draws loss vs lr.
         self.lr_find_result: Any = None
+        # Set by DistributedTrainer for a fit: {name: (value, samples)} -> {name: value} over
+        # all ranks, called once per epoch so every rank records the same values.
+        self.reduce_fn: Callable[[dict], dict] | None = None
+        self._counts: dict[str, int] = {}
 
     def _reset_batches(self) -> None:
         self.losses: list[float] = []
@@ -202,6 +207,7 @@ class Recorder(Callback):
     def before_epoch(self) -> None:
         self._t0 = time.perf_counter()
         self._row: dict[str, Any] = {"epoch": self.learn.epoch}
+        self._counts = {}
         self._epoch_done = False
         self._train_start = len(self.losses) + len(self._pending)
 
@@ -247,6 +253,9 @@ class Recorder(Callback):
         )
         for m in self._train_mets:
             self._row[f"train_{m.name}"] = _to_float(m.value)
+        self._counts.update(
+            dict.fromkeys(["train_loss"] + [f"train_{m.name}" for m in self._train_mets], total)
+        )
         self.iters.append(len(self.losses))
         if self.learn.dls.valid is None:
             self._finish_epoch()
@@ -266,7 +275,9 @@ class Recorder(Callback):
         self.last_validation = vals
         if self._fitting and not self._epoch_done:
             self._row.update(vals)
+            self._counts.update(dict.fromkeys(vals, sum(self._valid_loss.counts)))
             self._finish_epoch()
+            self.last_validation = {k: self._row[k] for k in vals}  # reduced across ranks
 
     def after_epoch(self) -> None:
         if not self._epoch_done:
@@ -282,6 +293,10 @@ class Recorder(Callback):
         for n in self.metric_names:
             if n not in row and n != "time":
                 row[n] = float("nan")
+        if self.reduce_fn is not None:
+            # One collective per epoch; a value without a count (resumed mid-epoch) weighs 1.
+            names = self.recorded_names()
+            row.update(self.reduce_fn({n: (row[n], self._counts.get(n, 1)) for n in names}))
         if self.add_time:
             row["time"] = format_time(time.perf_counter() - self._t0)
         self.rows.append(dict(row))
