@@ -458,6 +458,19 @@ def test_ema_after_three_steps_equals_the_closed_form():
     assert learn.ema.n_steps == 3
 
 
+def test_ema_does_not_count_a_step_the_fp16_scaler_skipped():
+    class Overflow(Callback):
+        def after_backward(self):
+            if self.learn.train_iter == 0:
+                self.learn.model.weight.grad.fill_(float("inf"))
+
+    learn = rising_learner(3, [MixedPrecision("fp16", 1024.0), Overflow(), EMA(decay=0.5)])
+    learn.fit(1)
+    # Step 1 skipped (w stays 1), then w = 2, 3: 0.5*1 + 0.5*2 = 1.5, 0.5*1.5 + 0.5*3 = 2.25.
+    assert learn.ema.n_steps == 2
+    assert learn.ema.model.weight.item() == pytest.approx(2.25)
+
+
 def test_ema_every_2_updates_after_steps_2_and_4_only():
     learn = rising_learner(4, EMA(decay=0.5, every=2))
     learn.fit(1)
@@ -584,19 +597,19 @@ def test_all_six_techniques_together_still_learn_the_digits():
     x = ((x - x.mean(0)) / (x.std(0) + 1e-6)).view(-1, 1, 8, 8)  # images, so CutMix can cut
     y = torch.tensor(y)
     torch.manual_seed(0)
-    dls = DataLoaders.from_tensors(x, y, bs=32, seed=0)
+    dls = DataLoaders.from_tensors(x, y, bs=64, seed=0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
     cbs = [
         MixedPrecision(torch.bfloat16),
         GradientClip(max_norm=1.0),
-        GradientAccumulation(n_acc=64),
+        GradientAccumulation(n_acc=128),
         MixUp(0.4, seed=1),
         CutMix(1.0, seed=2),
         EMA(decay=0.9),
     ]
-    learn = Learner(model, dls, metrics=accuracy, cbs=cbs, lr=3e-3, device="cpu")
+    learn = Learner(model, dls, metrics=accuracy, cbs=cbs, lr=1e-2, device="cpu")
     learn.logger = lambda line: None
     with learn.no_bar():
-        learn.fit(5)
-    assert learn.recorder.rows[-1]["accuracy"] >= 0.9
+        learn.fit(4)
+    assert learn.recorder.rows[-1]["accuracy"] >= 0.9  # 0.955 when written
     assert isinstance(learn.loss_func, nn.CrossEntropyLoss)  # the mixing wrapper is gone
