@@ -36,7 +36,8 @@ class MixedPrecision(Callback):
     gradients in `before_step` (so GradientClip, which runs after it, sees true gradients), and
     when they hold inf/NaN cancels the step (`CancelStepException`: the loop still zeroes the
     gradients) and lowers the scale; `scaler.update()` runs in `after_batch`, only for batches
-    that reached the step. bfloat16 needs no scaler.
+    that reached the step. The inf check reads one flag per optimizer step from the device, as
+    `GradScaler.step` does. bfloat16 needs no scaler and no read.
 
     Example:
         learn = Learner(model, dls, cbs=MixedPrecision(torch.bfloat16))
