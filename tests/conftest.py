@@ -57,6 +57,10 @@ class EventLog(Callback):
         return record
 
 
-@pytest.fixture
-def quiet_learner():
-    return tiny_learner
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    # Tiny models run far faster on one thread, and the suite shares 2 cores with itself.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
