@@ -1,0 +1,501 @@
+"""Logging callbacks with real parts: CSV files, tensorboard's reader, an HTTP server, mlflow."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import re
+import socket
+import sys
+import threading
+import urllib.parse
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from hookloop import (
+    BaseLogger,
+    Callback,
+    CSVLogger,
+    DataLoaders,
+    LambdaCallback,
+    Learner,
+    MLflowLogger,
+    RemoteMonitor,
+    TensorBoard,
+    accuracy,
+    error_rate,
+)
+
+
+class ScriptedLoss:
+    """Returns the next of `values` as the loss, with a gradient path through pred."""
+
+    def __init__(self, values):
+        self.values = list(values)
+
+    def __call__(self, pred, y):
+        return pred.sum() * 0 + self.values.pop(0)
+
+
+def scripted_learner(losses, n_train, n_valid, bs=1, **kwargs):
+    """Batches of `bs` items; `losses` are the batch losses in the order the loop meets them."""
+    torch.manual_seed(0)
+    x, y = torch.randn(n_train, 4), torch.zeros(n_train).long()
+    valid = (torch.randn(n_valid, 4), torch.zeros(n_valid).long()) if n_valid else None
+    dls = DataLoaders.from_tensors(
+        x, y, valid=valid, valid_pct=None, bs=bs, valid_bs=bs, shuffle=False
+    )
+    learn = Learner(nn.Linear(4, 2), dls, ScriptedLoss(losses), device="cpu", **kwargs)
+    learn.logger = lambda line: None
+    return learn
+
+
+def two_epochs(**kwargs):
+    """2 epochs of 2 training batches and 1 validation batch: train_loss 2.0 then 3.0,
+    valid_loss 5.0 then 7.0."""
+    return scripted_learner([1.0, 3.0, 5.0, 2.0, 4.0, 7.0], n_train=2, n_valid=1, **kwargs)
+
+
+TIME = re.compile(r"\d\d:\d\d")
+
+
+# ---- CSVLogger -------------------------------------------------------------------------------
+
+
+def test_csv_logger_writes_a_header_and_one_row_per_epoch_with_0_based_epochs(tmp_path):
+    learn = two_epochs(path=tmp_path)
+    learn.fit(2, cbs=CSVLogger())
+    lines = (tmp_path / "history.csv").read_text().splitlines()
+    assert lines[0] == "epoch,train_loss,valid_loss,time"
+    assert [line.rsplit(",", 1)[0] for line in lines[1:]] == ["0,2.0,5.0", "1,3.0,7.0"]
+    assert all(TIME.fullmatch(line.rsplit(",", 1)[1]) for line in lines[1:])
+
+
+def test_csv_rows_are_on_disk_before_the_next_epoch_starts(tmp_path):
+    seen = []
+
+    class ReadFile(Callback):
+        def before_epoch(self):
+            seen.append(len((tmp_path / "history.csv").read_text().splitlines()))
+
+    learn = two_epochs(path=tmp_path, cbs=ReadFile())
+    learn.fit(2, cbs=CSVLogger())
+    assert seen == [1, 2]  # the header, then the header and epoch 0's row
+
+
+def test_csv_append_continues_an_existing_file_without_a_second_header(tmp_path):
+    two_epochs(path=tmp_path).fit(2, cbs=CSVLogger())
+    two_epochs(path=tmp_path).fit(2, cbs=CSVLogger(append=True))
+    lines = (tmp_path / "history.csv").read_text().splitlines()
+    assert lines[0] == "epoch,train_loss,valid_loss,time"
+    assert [line.split(",")[0] for line in lines] == ["epoch", "0", "1", "0", "1"]
+
+
+def test_csv_without_append_starts_the_file_again(tmp_path):
+    two_epochs(path=tmp_path).fit(2, cbs=CSVLogger())
+    two_epochs(path=tmp_path).fit(1, cbs=CSVLogger())
+    assert len((tmp_path / "history.csv").read_text().splitlines()) == 2
+
+
+def test_csv_append_to_a_file_with_other_columns_is_an_error(tmp_path):
+    (tmp_path / "history.csv").write_text("epoch,loss\n0,1.0\n")
+    learn = two_epochs(path=tmp_path)
+    with pytest.raises(ValueError, match="has the columns 'epoch,loss'"):
+        learn.fit(1, cbs=CSVLogger(append=True))
+
+
+def test_read_log_returns_a_dataframe_when_pandas_is_installed(tmp_path):
+    logger = CSVLogger()
+    two_epochs(path=tmp_path).fit(2, cbs=logger)
+    df = logger.read_log()
+    assert list(df.columns) == ["epoch", "train_loss", "valid_loss", "time"]
+    assert df["epoch"].tolist() == [0, 1]
+    assert df["valid_loss"].tolist() == [5.0, 7.0]
+
+
+def test_read_log_returns_a_list_of_dicts_without_pandas(tmp_path, monkeypatch):
+    logger = CSVLogger()
+    two_epochs(path=tmp_path).fit(2, cbs=logger)
+    monkeypatch.setitem(sys.modules, "pandas", None)  # `import pandas` now raises ImportError
+    rows = logger.read_log()
+    assert [{k: v for k, v in r.items() if k != "time"} for r in rows] == [
+        {"epoch": 0, "train_loss": 2.0, "valid_loss": 5.0},
+        {"epoch": 1, "train_loss": 3.0, "valid_loss": 7.0},
+    ]
+
+
+def test_fastai_v1_callback_fns_csv_logger_and_read_logged_file(tmp_path):
+    torch.manual_seed(0)
+    data = DataLoaders.from_tensors(torch.randn(64, 4), torch.randint(0, 2, (64,)), bs=16)
+    learn = Learner(
+        data, nn.Linear(4, 2), metrics=[accuracy, error_rate], callback_fns=[CSVLogger],
+        path=tmp_path, device="cpu",
+    )  # fmt: skip
+    learn.logger = lambda line: None
+    learn.fit(3)
+    df = learn.csv_logger.read_logged_file()
+    assert (tmp_path / "history.csv").exists()
+    assert list(df.columns) == [
+        "epoch",
+        "train_loss",
+        "valid_loss",
+        "accuracy",
+        "error_rate",
+        "time",
+    ]
+    assert df["epoch"].tolist() == [0, 1, 2]
+    assert df["accuracy"].tolist() == pytest.approx([v[2] for v in learn.recorder.values])
+    assert (df["accuracy"] + df["error_rate"]).tolist() == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_fastai_v1_learner_first_argument_adds_csv_to_the_filename(tmp_path):
+    learn = two_epochs(path=tmp_path)
+    learn.fit(1, callbacks=[CSVLogger(learn, filename="run1")])
+    assert (tmp_path / "run1.csv").read_text().startswith("epoch,train_loss")
+
+
+def test_keras_filename_keyword_and_separator(tmp_path):
+    learn = two_epochs(path=tmp_path)
+    learn.fit(1, cbs=CSVLogger(filename="log.tsv", separator="\t"))
+    lines = (tmp_path / "log.tsv").read_text().splitlines()
+    assert lines[0] == "epoch\ttrain_loss\tvalid_loss\ttime"
+    assert lines[1].startswith("0\t2.0\t5.0\t")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"separator": ";;"}, ValueError, "separator must be one character, got ';;'"),
+        ({"append": "yes"}, TypeError, "append must be a bool, got 'yes'"),
+        ({"fname": 3}, TypeError, "fname must be a str or path, got int"),
+        ({"fname": "a.csv", "filename": "b.csv"}, ValueError, "give the file name once"),
+    ],
+)
+def test_csv_logger_rejects_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        CSVLogger(**kwargs)
+
+
+def test_csv_load_state_dict_rewrites_the_file_to_the_checkpoint_rows(tmp_path):
+    # A run checkpoints after epoch 1, writes epoch 2, and is resumed from the checkpoint: the
+    # file must hold epochs 0-1 as first written (same time strings), then the resumed rows.
+    first = CSVLogger()
+    states = []
+
+    class Checkpoint(Callback):
+        order = 100  # after the CSVLogger's row
+
+        def after_epoch(self):
+            states.append(first.state_dict())
+
+    scripted_learner([1.0] * 6, n_train=1, n_valid=1, path=tmp_path).fit(
+        3, cbs=[first, Checkpoint()]
+    )
+    original = (tmp_path / "history.csv").read_text().splitlines()
+    assert len(original) == 4
+
+    state = states[1]  # after epoch 1
+
+    class Resume(Callback):
+        order = 100  # resume loads callback state after before_fit
+
+        def before_fit(self):
+            self.learn.csv_logger.load_state_dict(state)
+            self.learn.epoch = 2  # the loop starts at the checkpoint's next epoch
+
+    resumed = scripted_learner([1.0] * 2, n_train=1, n_valid=1, path=tmp_path)
+    resumed.fit(3, cbs=[CSVLogger(append=False), Resume()])
+    lines = (tmp_path / "history.csv").read_text().splitlines()
+    assert lines[:3] == original[:3]  # header and epochs 0-1, byte for byte
+    assert [line.split(",")[0] for line in lines] == ["epoch", "0", "1", "2"]
+
+
+def test_csv_state_loaded_before_fit_is_written_when_the_fit_starts(tmp_path):
+    state = {"lines": ["epoch,train_loss,valid_loss,time", "0,9.0,9.0,01:02"]}
+    logger = CSVLogger()
+    logger.load_state_dict(state)
+    two_epochs(path=tmp_path).fit(1, cbs=logger)
+    lines = (tmp_path / "history.csv").read_text().splitlines()
+    assert lines[:2] == state["lines"]
+    assert lines[2].startswith("0,2.0,5.0,")
+
+
+# ---- TensorBoard -----------------------------------------------------------------------------
+
+
+def read_events(log_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "histograms": 0})
+    events.Reload()
+    return events
+
+
+def scalars(events, tag):
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def test_tensorboard_writes_epoch_values_read_back_by_tensorboard(tmp_path):
+    learn = two_epochs(path=tmp_path)
+    learn.fit(2, lr=0.5, cbs=TensorBoard("runs"))
+    events = read_events(tmp_path / "runs")
+    assert scalars(events, "epoch/train_loss") == [(0, 2.0), (1, 3.0)]
+    assert scalars(events, "epoch/valid_loss") == [(0, 5.0), (1, 7.0)]
+    assert scalars(events, "epoch/lr") == [(0, 0.5), (1, 0.5)]
+    assert "batch/train_loss" not in events.Tags()["scalars"]
+
+
+def test_tensorboard_update_freq_n_writes_every_nth_training_batch(tmp_path):
+    # 4 training batches per epoch with losses 1..4 then 5..8; every 2nd optimizer step.
+    losses = [1.0, 2.0, 3.0, 4.0, 9.0, 5.0, 6.0, 7.0, 8.0, 9.0]
+    learn = scripted_learner(losses, n_train=4, n_valid=1, path=tmp_path)
+    learn.fit(2, cbs=TensorBoard("runs", update_freq=2))
+    events = read_events(tmp_path / "runs")
+    assert scalars(events, "batch/train_loss") == [(2, 2.0), (4, 4.0), (6, 6.0), (8, 8.0)]
+    assert [step for step, _ in scalars(events, "batch/lr")] == [2, 4, 6, 8]
+
+
+def test_tensorboard_histograms_every_histogram_freq_epochs(tmp_path):
+    learn = scripted_learner([1.0] * 6, n_train=1, n_valid=1, path=tmp_path)
+    learn.fit(3, cbs=TensorBoard("runs", histogram_freq=2))
+    events = read_events(tmp_path / "runs")
+    assert sorted(events.Tags()["histograms"]) == ["bias", "weight"]
+    assert [h.step for h in events.Histograms("weight")] == [0, 2]
+    assert events.Histograms("weight")[0].histogram_value.num == 8  # Linear(4, 2): 8 weights
+
+
+@pytest.mark.parametrize("freq", ["step", 0, -1, 1.5])
+def test_tensorboard_rejects_a_bad_update_freq(freq):
+    with pytest.raises(ValueError, match="update_freq must be 'epoch', 'batch' or a positive int"):
+        TensorBoard(update_freq=freq)
+
+
+# ---- RemoteMonitor ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def http_server():
+    """A real HTTP server on 127.0.0.1 recording every POST as (path, headers, body)."""
+    received = []
+    status = {"code": 200}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.path, dict(self.headers), body.decode()))
+            self.send_response(status["code"])
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    server.received, server.status = received, status
+    server.root = f"http://127.0.0.1:{server.server_address[1]}"
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_remote_monitor_posts_each_epoch_as_a_form_field_holding_json(http_server):
+    two_epochs().fit(2, cbs=RemoteMonitor(root=http_server.root))
+    assert [path for path, _, _ in http_server.received] == ["/publish/epoch/end/"] * 2
+    forms = [urllib.parse.parse_qs(body) for _, _, body in http_server.received]
+    assert [json.loads(form["data"][0]) for form in forms] == [
+        {"epoch": 0, "loss": 2.0, "val_loss": 5.0},
+        {"epoch": 1, "loss": 3.0, "val_loss": 7.0},
+    ]
+    assert http_server.received[0][1]["Content-Type"] == "application/x-www-form-urlencoded"
+
+
+def test_remote_monitor_send_as_json_posts_the_json_body_with_extra_headers(http_server):
+    monitor = RemoteMonitor(
+        root=http_server.root, path="/logs", headers={"X-Token": "abc"}, send_as_json=True
+    )
+    two_epochs().fit(1, cbs=monitor)
+    [(path, headers, body)] = http_server.received
+    assert path == "/logs"
+    assert headers["X-Token"] == "abc"
+    assert headers["Content-Type"] == "application/json"
+    assert json.loads(body) == {"epoch": 0, "loss": 2.0, "val_loss": 5.0}
+
+
+def test_remote_monitor_warns_once_per_fit_when_the_server_fails(http_server):
+    http_server.status["code"] = 500
+    learn = two_epochs()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = learn.fit(2, cbs=RemoteMonitor(root=http_server.root))
+    failures = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(failures) == 1
+    assert "could not POST" in str(failures[0].message)
+    assert history.epoch == [0, 1]  # training went on
+    assert len(http_server.received) == 2
+
+
+def test_remote_monitor_unreachable_server_never_stops_training():
+    with socket.socket() as s:  # a port nothing listens on once this socket closes
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    learn = two_epochs()
+    with pytest.warns(RuntimeWarning, match=f"127.0.0.1:{port}"):
+        history = learn.fit(2, cbs=RemoteMonitor(root=f"http://127.0.0.1:{port}"))
+    assert history.epoch == [0, 1]
+
+
+def test_remote_monitor_rejects_a_root_that_is_not_http():
+    with pytest.raises(ValueError, match="root must be an http:// or https:// URL, got 'ftp://x'"):
+        RemoteMonitor(root="ftp://x")
+
+
+# ---- MLflowLogger ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory):
+    # One database for the module: creating an mlflow sqlite store takes seconds.
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+
+
+def test_mlflow_logs_params_once_metrics_per_epoch_and_finishes_the_run(mlflow_uri):
+    from mlflow.tracking import MlflowClient
+
+    logger = MLflowLogger("exp", tracking_uri=mlflow_uri, run_name="r1", log_model=True)
+    two_epochs().fit(2, lr=0.01, cbs=logger)
+    client = MlflowClient(mlflow_uri)
+    [run] = client.search_runs([client.get_experiment_by_name("exp").experiment_id])
+    assert run.info.run_name == "r1"
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {"lr": "0.01", "epochs": "2", "bs": "1", "optimizer": "AdamW"}
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert [(m.step, m.value) for m in history] == [(0, 2.0), (1, 3.0)]
+    valid = client.get_metric_history(run.info.run_id, "valid_loss")
+    assert [(m.step, m.value) for m in valid] == [(0, 5.0), (1, 7.0)]
+    assert [f.path for f in client.list_artifacts(run.info.run_id, "model")] == ["model/model.pth"]
+
+
+def test_mlflow_run_ends_failed_when_the_fit_raises(mlflow_uri):
+    from mlflow.tracking import MlflowClient
+
+    class Boom(Callback):
+        def after_epoch(self):
+            if self.learn.epoch == 1:
+                raise RuntimeError("boom")
+
+    learn = two_epochs()
+    with pytest.raises(RuntimeError, match="boom"):
+        learn.fit(3, cbs=[MLflowLogger("failing", tracking_uri=mlflow_uri), Boom()])
+    client = MlflowClient(mlflow_uri)
+    [run] = client.search_runs([client.get_experiment_by_name("failing").experiment_id])
+    assert run.info.status == "FAILED"
+    assert run.info.end_time is not None
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+    assert steps == [0]  # Boom (order 0) raised before the logger's after_epoch of epoch 1
+
+
+def test_mlflow_logger_without_mlflow_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    with pytest.raises(ImportError, match=r"pip install 'hookloop\[mlflow\]'"):
+        MLflowLogger("exp")
+
+
+# ---- LambdaCallback --------------------------------------------------------------------------
+
+
+def test_lambda_callback_runs_fastai_events_and_keras_hooks():
+    calls = []
+    cb = LambdaCallback(
+        on_epoch_end=lambda epoch, logs: calls.append(("on_epoch_end", epoch, logs["val_loss"])),
+        on_train_begin=lambda logs: calls.append(("on_train_begin",)),
+        before_fit=lambda: calls.append(("before_fit",)),
+        after_fit=lambda: calls.append(("after_fit",)),
+        on_test_end=lambda logs: calls.append(("on_test_end", logs["loss"])),
+    )
+    two_epochs(cbs=cb).fit(2)
+    assert calls == [
+        ("before_fit",),
+        ("on_train_begin",),
+        ("on_test_end", 5.0),
+        ("on_epoch_end", 0, 5.0),
+        ("on_test_end", 7.0),
+        ("on_epoch_end", 1, 7.0),
+        ("after_fit",),
+    ]
+
+
+def test_lambda_callback_takes_keras_positional_arguments_in_keras_order():
+    epochs = []
+    cb = LambdaCallback(None, lambda epoch, logs: epochs.append(epoch))  # on_epoch_end
+    two_epochs(cbs=cb).fit(2)
+    assert epochs == [0, 1]
+
+
+def test_lambda_callback_unknown_name_lists_the_valid_names():
+    with pytest.raises(
+        ValueError, match=r"on_epoch_ends; valid names are .*after_epoch.*on_epoch_end"
+    ):
+        LambdaCallback(on_epoch_ends=lambda epoch, logs: None)
+
+
+def test_lambda_callback_rejects_a_hook_that_is_not_callable():
+    with pytest.raises(TypeError, match="on_epoch_end must be callable, got 3"):
+        LambdaCallback(on_epoch_end=3)
+
+
+# ---- BaseLogger ------------------------------------------------------------------------------
+
+
+def test_base_logger_averages_the_training_loss_weighted_by_batch_size():
+    # Batches of 4, 4 and 2 items with losses 1, 4, 5: (4 + 16 + 10) / 10 = 3.0
+    logger = BaseLogger()
+    learn = scripted_learner([1.0, 4.0, 5.0, 6.0], n_train=10, n_valid=1, bs=4)
+    history = learn.fit(1, cbs=logger)
+    assert logger.logs == {"loss": 3.0, "val_loss": 6.0}
+    assert logger.history == [{"loss": 3.0, "val_loss": 6.0}]
+    assert history.history == {"loss": [3.0], "val_loss": [6.0]}  # the Recorder is still there
+    assert type(learn.recorder).__name__ == "Recorder"
+
+
+def test_base_logger_stateful_metric_is_logged_as_it_is_not_averaged():
+    logger = BaseLogger(stateful_metrics=["loss"])
+    learn = scripted_learner([1.0, 4.0, 5.0, 6.0], n_train=10, n_valid=1, bs=4)
+    learn.fit(1, cbs=logger)
+    assert logger.logs["loss"] == 5.0  # the last batch's value
+
+
+def test_base_logger_unknown_stateful_name_fails_before_training():
+    learn = two_epochs()
+    with pytest.raises(ValueError, match="'acc' matches no recorded value"):
+        learn.fit(1, cbs=BaseLogger(stateful_metrics=["acc"]))
+    assert learn.recorder.losses == []
+
+
+# ---- the fastai seed -------------------------------------------------------------------------
+
+
+def test_fastai_print_metrics_callback_runs_as_written(capsys):
+    class PrintMetricsCallback(Callback):
+        def after_epoch(self):
+            print(f"Loss: {self.learn.loss:.4f}, Accuracy: {self.learn.recorder.metrics[0]:.4f}")
+
+    torch.manual_seed(0)
+    dls = DataLoaders.from_tensors(torch.randn(64, 4), torch.randint(0, 2, (64,)), bs=16)
+    model = nn.Linear(4, 2)
+    learn = Learner(dls, model, metrics=accuracy, cbs=PrintMetricsCallback(), device="cpu")
+    with learn.no_bar():
+        learn.fit(2)
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Loss")]
+    # 13 validation items in one batch: the last batch's loss is the epoch's valid_loss.
+    assert printed == [
+        f"Loss: {valid_loss:.4f}, Accuracy: {acc:.4f}"
+        for valid_loss, acc in zip(
+            learn.recorder.history.history["val_loss"],
+            learn.recorder.history.history["val_accuracy"],
+        )
+    ]
+    assert len(printed) == 2
