@@ -25,22 +25,26 @@ class ShowGraph(Callback):
     Args:
         fname: the PNG to write outside a notebook; a relative path is relative to
             `learn.path`. Default `learn.path / 'loss.png'`.
+        notebook: None detects a Jupyter kernel; True always redraws through IPython's
+            display (other IPython front ends); False always writes the PNG.
     """
 
     order = 65  # after the Recorder (50) and the progress bar (60)
     rank_zero_only = True
 
-    def __init__(self, fname: str | Path | None = None) -> None:
+    def __init__(self, fname: str | Path | None = None, notebook: bool | None = None) -> None:
         if fname is not None and not isinstance(fname, (str, Path)):
             raise TypeError(f"ShowGraph: fname must be a str or Path, got {fname!r}")
-        self.fname = fname
+        if notebook not in (None, True, False):
+            raise TypeError(f"ShowGraph: notebook must be None, True or False, got {notebook!r}")
+        self.fname, self.notebook = fname, notebook
         self.handle: Any = None
         self.fig: Any = None
 
     def before_fit(self) -> None:
         learn = self.learn
         self._run = not any(isinstance(cb, LRFinder) for cb in learn.cbs)
-        self._notebook = in_notebook()
+        self._notebook = in_notebook() if self.notebook is None else self.notebook
         self.handle = None
         self._total = learn.n_epoch * len(learn.dls.train)
         fname = Path(self.fname) if self.fname is not None else Path("loss.png")
@@ -50,7 +54,10 @@ class ShowGraph(Callback):
         if not self._run:
             return
         fig = self.learn.recorder.plot_loss(skip_start=0)
-        fig.axes[0].set_xlim(0, self._total)
+        ax = fig.axes[0]
+        ax.set_xlim(0, self._total)
+        for line in ax.get_lines():
+            line.set_clip_on(False)  # the last epoch's valid marker sits on the right edge
         self.fig = fig
         if self._notebook:
             self.handle = show_in_notebook(fig, self.handle)
