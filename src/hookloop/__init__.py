@@ -36,6 +36,14 @@ from .callbacks.tracker import (
 from .callbacks.training import EMA, GradientAccumulation, GradientClip, MixedPrecision
 from .checkpoint import CheckpointError, latest_checkpoint
 from .data import DataLoaders, TensorLoader, find_bs, to_device
+from .distributed import (
+    DistributedTrainer,
+    ShardSampler,
+    distrib_ctx,
+    is_rank_zero,
+    rank,
+    world_size,
+)
 from .events import (
     EVENTS,
     CancelBackwardException,
@@ -100,6 +108,12 @@ __all__ = [
     "EMA",
     "DataLoaders",
     "TensorLoader",
+    "DistributedTrainer",
+    "ShardSampler",
+    "distrib_ctx",
+    "is_rank_zero",
+    "rank",
+    "world_size",
     "find_bs",
     "to_device",
     "EVENTS",
