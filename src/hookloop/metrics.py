@@ -34,13 +34,22 @@ class Metric:
         return type(self).__name__.lower()
 
 
+def stack_scalars(vals: list) -> torch.Tensor:
+    """Per-batch scalars (tensors or numbers) as one 1-d tensor on the first value's device."""
+    first = vals[0]
+    dev = first.device if isinstance(first, torch.Tensor) else torch.device("cpu")
+    if all(isinstance(v, torch.Tensor) and v.ndim == 0 and v.device == dev for v in vals):
+        # The usual case, one op: converting value by value costs a few ops per batch.
+        return torch.stack(vals).detach()
+    return torch.stack([torch.as_tensor(v).detach().reshape(()).to(dev) for v in vals])
+
+
 def _weighted_mean(vals: list, counts: list[int]) -> torch.Tensor | float:
     # Stack once per epoch: per-batch values stay on the device until read.
     if not vals:
         return float("nan")
-    vals = [v if isinstance(v, torch.Tensor) else torch.tensor(float(v)) for v in vals]
-    dev = vals[0].device
-    stacked = torch.stack([v.detach().reshape(()).to(dev) for v in vals]).double()
+    stacked = stack_scalars(vals).double()
+    dev = stacked.device
     w = torch.tensor(counts, dtype=torch.float64, device=dev)
     return (stacked * w).sum() / w.sum()
 

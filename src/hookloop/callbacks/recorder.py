@@ -12,7 +12,7 @@ import torch
 
 from ..callback import Callback
 from ..data import find_bs
-from ..metrics import AvgLoss, copy_metric
+from ..metrics import AvgLoss, copy_metric, stack_scalars
 
 # Keras spellings accepted wherever a recorded name is looked up.
 KERAS_TO_CANONICAL = {"loss": "train_loss", "val_loss": "valid_loss"}
@@ -318,7 +318,7 @@ class Recorder(Callback):
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        vals = torch.stack([torch.as_tensor(v).detach().float().reshape(()) for v in pending])
+        vals = stack_scalars(pending).float()
         beta = self.beta
         for v in vals.tolist():
             self.losses.append(v)
