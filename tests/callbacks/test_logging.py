@@ -18,6 +18,7 @@ from torch import nn
 from hookloop import (
     BaseLogger,
     Callback,
+    CancelEpochException,
     CSVLogger,
     DataLoaders,
     LambdaCallback,
@@ -499,3 +500,24 @@ def test_fastai_print_metrics_callback_runs_as_written(capsys):
         )
     ]
     assert len(printed) == 2
+
+
+def test_csv_logger_skips_an_epoch_cancelled_before_it_was_recorded(tmp_path):
+    class SkipEpoch1(Callback):
+        order = -20  # before the Recorder starts the epoch
+
+        def before_epoch(self):
+            if self.learn.epoch == 1:
+                raise CancelEpochException()
+
+    learn = scripted_learner([1.0, 2.0, 3.0, 4.0], n_train=1, n_valid=1, path=tmp_path)
+    learn.fit(3, cbs=[SkipEpoch1(), CSVLogger()])
+    lines = (tmp_path / "history.csv").read_text().splitlines()
+    assert [line.split(",")[:3] for line in lines[1:]] == [["0", "1.0", "2.0"], ["2", "3.0", "4.0"]]
+
+
+def test_callback_fns_fall_back_to_the_class_without_the_learner(tmp_path):
+    learn = two_epochs(path=tmp_path, callback_fns=[TensorBoard, RemoteMonitor, BaseLogger])
+    assert learn.tensor_board.log_dir.name == "runs"
+    assert learn.remote_monitor.url == "http://localhost:9000/publish/epoch/end/"
+    assert learn.base_logger.stateful_metrics == []

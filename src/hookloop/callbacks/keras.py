@@ -142,12 +142,25 @@ def fit_params(learn: Any) -> dict[str, Any]:
     return {"epochs": learn.n_epoch, "steps": len(learn.dls.train), "verbose": 1}
 
 
-def epoch_logs(learn: Any) -> dict[str, float]:
-    """The last epoch's values under Keras keys (`loss`, `val_loss`, `val_accuracy`) as floats."""
+def epoch_recorded(learn: Any) -> bool:
+    """True when the Recorder holds the current epoch's row (False if it was cut short early)."""
     rec = learn.__dict__.get("recorder")
-    if rec is None or not rec.rows:
+    return rec is not None and bool(rec.rows) and rec.rows[-1]["epoch"] == learn.epoch
+
+
+def epoch_logs(learn: Any, current: bool = True) -> dict[str, float]:
+    """The epoch's values under Keras keys (`loss`, `val_loss`, `val_accuracy`) as floats.
+
+    With `current`, only the current epoch's ({} when it is not recorded); else the last one's.
+    """
+    rec = learn.__dict__.get("recorder")
+    if rec is None or not rec.rows or (current and not epoch_recorded(learn)):
         return {}
     return {k: float(v) for k, v in rec.logs.items()}
+
+
+def _last_logs(learn: Any) -> dict[str, float]:
+    return epoch_logs(learn, current=False)
 
 
 def validation_logs(learn: Any) -> dict[str, float]:
@@ -251,7 +264,7 @@ def keras_adapters(cb: Callback, phase: str, predicting: bool) -> list[tuple[str
         if hook is not None:
             hooks.append((event, hook, make(hook, logs)))
 
-    add("after_fit", keras_hook(cb, "on_train_end"), _with_logs, epoch_logs)
+    add("after_fit", keras_hook(cb, "on_train_end"), _with_logs, _last_logs)
     add("before_epoch", keras_hook(cb, "on_epoch_begin"), _with_epoch, _empty)
     add("after_epoch", keras_hook(cb, "on_epoch_end"), _with_epoch, epoch_logs)
     if phase == "train":
@@ -438,5 +451,6 @@ __all__ = [
     "has_keras_hooks",
     "is_predicting",
     "epoch_logs",
+    "epoch_recorded",
     "fit_params",
 ]

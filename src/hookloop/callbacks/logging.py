@@ -23,7 +23,7 @@ from ..callback import Callback
 from ..checkpoint import atomic_write_bytes
 from ..data import find_bs
 from ..events import EVENTS
-from .keras import KERAS_HOOKS, epoch_logs
+from .keras import KERAS_HOOKS, epoch_logs, epoch_recorded
 from .recorder import Recorder
 
 # After the Recorder, so an epoch cancelled before validation is complete here too.
@@ -144,6 +144,8 @@ class CSVLogger(Callback):
         self._rewrite()
 
     def after_epoch(self) -> None:
+        if not epoch_recorded(self.learn):
+            return
         rec = self.learn.recorder
         line = self._line(rec.log[n] for n in rec.metric_names)
         self._lines.append(line)
@@ -284,6 +286,8 @@ class TensorBoard(Callback):
         learn = self.learn
         epoch = learn.epoch
         self._write_batches()
+        if not epoch_recorded(learn):
+            return
         rec = learn.recorder
         for name in rec.recorded_names():
             self.writer.add_scalar(f"epoch/{name}", float(rec.log[name]), epoch)
@@ -340,10 +344,9 @@ class RemoteMonitor(Callback):
         send_as_json: bool = False,
         timeout: float = 5.0,
     ) -> None:
-        if not isinstance(root, str) or urllib.parse.urlsplit(root).scheme not in (
-            "http",
-            "https",
-        ):
+        if not isinstance(root, str):
+            raise TypeError(f"root must be a str URL, got {type(root).__name__}: {root!r}")
+        if urllib.parse.urlsplit(root).scheme not in ("http", "https"):
             raise ValueError(f"root must be an http:// or https:// URL, got {root!r}")
         if not isinstance(path, str):
             raise TypeError(f"path must be a str, got {path!r}")
@@ -370,6 +373,8 @@ class RemoteMonitor(Callback):
         self._warned = False
 
     def after_epoch(self) -> None:
+        if not epoch_recorded(self.learn):
+            return
         send = {"epoch": self.learn.epoch, **epoch_logs(self.learn)}
         headers = dict(self.headers)
         if self.send_as_json:
@@ -427,8 +432,10 @@ class MLflowLogger(Callback):
             raise ImportError(
                 "MLflowLogger needs mlflow, which is not installed: pip install 'hookloop[mlflow]'"
             )
-        if not isinstance(experiment_name, str) or not experiment_name:
-            raise ValueError(f"experiment_name must be a non-empty str, got {experiment_name!r}")
+        if not isinstance(experiment_name, str):
+            raise TypeError(f"experiment_name must be a str, got {experiment_name!r}")
+        if not experiment_name:
+            raise ValueError("experiment_name must be a non-empty str, got ''")
         if tracking_uri is not None and not isinstance(tracking_uri, str):
             raise TypeError(f"tracking_uri must be a str or None, got {tracking_uri!r}")
         if run_name is not None and not isinstance(run_name, str):
@@ -466,6 +473,8 @@ class MLflowLogger(Callback):
     def after_epoch(self) -> None:
         from mlflow.entities import Metric
 
+        if not epoch_recorded(self.learn):
+            return
         rec = self.learn.recorder
         now = int(time.time() * 1000)
         epoch = self.learn.epoch
@@ -546,7 +555,7 @@ class LambdaCallback(Callback):
         for name, fn in named.items():
             if fn is None:
                 continue
-            if not callable(fn):
+            if not callable(fn) or _is_learner(fn):
                 raise TypeError(f"LambdaCallback {name} must be callable, got {fn!r}")
             # An instance attribute: the dispatch table finds it like a method.
             object.__setattr__(self, name, fn)
@@ -577,6 +586,8 @@ class BaseLogger(Callback):
             raise TypeError(
                 f"stateful_metrics must be a list of names, got the str {stateful_metrics!r}"
             )
+        if stateful_metrics is not None and not isinstance(stateful_metrics, Iterable):
+            raise TypeError(f"stateful_metrics must be a list of names, got {stateful_metrics!r}")
         names = list(stateful_metrics or ())
         for n in names:
             if not isinstance(n, str):
@@ -607,6 +618,8 @@ class BaseLogger(Callback):
         self._last = learn.loss
 
     def after_epoch(self) -> None:
+        if not epoch_recorded(self.learn):
+            return
         logs = epoch_logs(self.learn)
         if self._seen:
             if "train_loss" in self._stateful:
