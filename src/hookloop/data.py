@@ -64,6 +64,12 @@ class TensorLoader:
     def n(self) -> int:
         return len(self.tensors[0])
 
+    @property
+    def device(self) -> torch.device | None:
+        """Where the batches are made: the tensors' device (None if they are on several)."""
+        devices = {t.device for t in self.tensors}
+        return devices.pop() if len(devices) == 1 else None
+
     def _n_global(self) -> int:
         # Global batches of bs * world_size samples in one epoch.
         size = self.bs * self.world_size
@@ -257,7 +263,7 @@ def to_device(b: Any, device: torch.device) -> Any:
     if isinstance(b, torch.Tensor):
         return b if b.device == device else b.to(device, non_blocking=True)
     if isinstance(b, (tuple, list)):
-        return type(b)(to_device(o, device) for o in b)
+        return type(b)([to_device(o, device) for o in b])
     if isinstance(b, dict):
         return {k: to_device(v, device) for k, v in b.items()}
     return b

@@ -412,12 +412,13 @@ class Learner:
         self.n_iter = len(self.dl)
         # A mid-epoch resume starts at batch `_skip`; the loader was told to skip as many.
         start, self._skip = self._skip, 0
+        # A loader that makes its batches on our device (TensorLoader.device) needs no move.
+        move = getattr(self.dl, "device", None) != self.device
         for i, b in enumerate(self.dl, start):
             self.iter = i
-            self._one_batch(b)
+            self._one_batch(to_device(b, self.device) if move else b)
 
     def _one_batch(self, b: Any) -> None:
-        b = to_device(b, self.device)
         if isinstance(b, (tuple, list)):
             n_inp = self.n_inp if self.n_inp is not None else max(len(b) - 1, 1)
             self.xb, self.yb = tuple(b[:n_inp]), tuple(b[n_inp:])
