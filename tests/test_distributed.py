@@ -1,0 +1,338 @@
+"""Tests for hookloop.distributed: rank helpers, sharding, and 2-process DDP runs on gloo."""
+
+from __future__ import annotations
+
+import csv
+import multiprocessing
+import os
+import socket
+import sys
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from hookloop import (
+    Callback,
+    CSVLogger,
+    DataLoaders,
+    DistributedTrainer,
+    EarlyStopping,
+    Learner,
+    Metric,
+    SaveModel,
+    ShardSampler,
+    accuracy,
+)
+from hookloop.distributed import (
+    barrier,
+    rank,
+    rank_zero_print,
+    reduce_weighted,
+    shard_loader,
+    world_size,
+)
+
+# A forked child starts in milliseconds (torch is already imported); a spawned one takes ~5 s.
+RUN_TIMEOUT = 60.0
+
+
+# ---- rank helpers and sharding, in this process --------------------------------------------
+
+
+def test_rank_and_world_size_come_from_torchrun_environment_before_a_group_exists(monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert (rank(), world_size()) == (1, 2)
+
+
+def test_rank_zero_print_is_silent_on_other_ranks(monkeypatch, capsys):
+    monkeypatch.setenv("RANK", "1")
+    rank_zero_print("hello")
+    monkeypatch.setenv("RANK", "0")
+    rank_zero_print("world")
+    assert capsys.readouterr().out == "world\n"
+
+
+def test_rank_zero_only_callbacks_are_left_out_of_the_loop_on_other_ranks(monkeypatch, tmp_path):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    learn = _learner(bs=4, path=tmp_path, cbs=CSVLogger("log.csv"))
+    handlers = {type(h.__self__).__name__ for hs in learn._tables["train"].values() for h in hs}
+    assert "CSVLogger" not in handlers and "ProgressBar" not in handlers
+    assert "Recorder" in handlers
+
+
+def test_save_writes_nothing_on_other_ranks(monkeypatch, tmp_path):
+    monkeypatch.setenv("RANK", "1")
+    path = _learner(bs=4, path=tmp_path).save("weights")
+    assert path == tmp_path / "models" / "weights.pth"
+    assert not path.exists()
+
+
+def test_reduce_weighted_returns_the_values_outside_a_process_group():
+    assert reduce_weighted({"loss": (0.5, 3), "accuracy": (1.0, 0)}) == {
+        "loss": 0.5,
+        "accuracy": 1.0,
+    }
+
+
+def test_shard_sampler_takes_every_world_size_th_index():
+    assert list(ShardSampler(5, rank=1, world_size=2)) == [1, 3]
+    assert len(ShardSampler(5, rank=0, world_size=2)) == 3
+
+
+def test_shard_sampler_rejects_a_rank_outside_the_world():
+    with pytest.raises(ValueError, match="rank must be an int in \\[0, 2\\), got 2"):
+        ShardSampler(5, rank=2, world_size=2)
+
+
+def test_training_dataloader_gets_a_distributed_sampler():
+    dl = DataLoader(TensorDataset(torch.arange(6)), batch_size=2)
+    shard = shard_loader(dl, rank=1, world_size=2, train=True)
+    assert isinstance(shard.sampler, DistributedSampler)
+    assert [b[0].tolist() for b in shard] == [[1, 3], [5]]
+
+
+def test_validation_dataloader_is_split_without_repeats():
+    dl = DataLoader(TensorDataset(torch.arange(5)), batch_size=2)
+    shards = [shard_loader(dl, rank=r, world_size=2, train=False) for r in range(2)]
+    assert [[b[0].tolist() for b in s] for s in shards] == [[[0, 2], [4]], [[1, 3]]]
+
+
+def test_distributed_trainer_leaves_a_single_process_fit_unchanged(tmp_path):
+    plain = _learner(bs=16, path=tmp_path)
+    plain.fit(2)
+    with_cb = _learner(bs=16, path=tmp_path, cbs=DistributedTrainer())
+    with_cb.fit(2)
+    assert type(with_cb.model) is nn.Linear
+    assert torch.equal(plain.model.weight, with_cb.model.weight)
+
+
+def test_distrib_ctx_in_one_process_trains_and_detaches_its_callback(tmp_path):
+    learn = _learner(bs=16, path=tmp_path)
+    with learn.distrib_ctx():
+        assert any(isinstance(c, DistributedTrainer) for c in learn.cbs)
+        learn.fit(1)
+    assert not any(isinstance(c, DistributedTrainer) for c in learn.cbs)
+    assert len(learn.recorder.rows) == 1
+
+
+# ---- two processes: the helpers every scenario uses -----------------------------------------
+
+
+def _data() -> tuple[torch.Tensor, ...]:
+    # 64 training samples (4 global batches of 16) and 32 validation samples; y = (x0 > 0).
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 4, generator=g)
+    y = (x[:, 0] > 0).long()
+    return x[:64], y[:64], x[64:], y[64:]
+
+
+def _learner(bs: int, path: Path, cbs=None, metrics=accuracy, **kwargs) -> Learner:
+    torch.manual_seed(0)
+    xt, yt, xv, yv = _data()
+    dls = DataLoaders.from_tensors(xt, yt, valid=(xv, yv), bs=bs, valid_bs=8, seed=1)
+    return Learner(
+        nn.Linear(4, 2), dls, nn.CrossEntropyLoss(), lr=1e-2, metrics=metrics, cbs=cbs,
+        path=path, device="cpu", **kwargs,
+    )  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _child(target, rank_: int, port: int, folder: Path) -> None:
+    # A torchrun-like environment; the group itself is created by hookloop at fit time.
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank_),
+        LOCAL_RANK=str(rank_),
+        WORLD_SIZE="2",
+    )
+    torch.set_num_threads(1)
+    sys.stdout = open(folder / f"stdout{rank_}.txt", "w", buffering=1)  # noqa: SIM115
+    try:
+        target(rank_, folder)
+    except BaseException:
+        (folder / f"error{rank_}.txt").write_text(traceback.format_exc())
+        sys.stdout.flush()
+        os._exit(1)
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def _run_two_ranks(target, folder: Path) -> list[int | None]:
+    """Fork two ranks running `target(rank, folder)`; their exit codes (None: killed at timeout)."""
+    ctx = multiprocessing.get_context("fork")
+    port = _free_port()
+    procs = [ctx.Process(target=_child, args=(target, r, port, folder)) for r in range(2)]
+    for p in procs:
+        p.start()
+    codes: list[int | None] = []
+    for p in procs:
+        p.join(RUN_TIMEOUT)
+        if p.exitcode is None:
+            p.kill()
+            p.join()
+            codes.append(None)
+        else:
+            codes.append(p.exitcode)
+    return codes
+
+
+class RankScore(Metric):
+    """A validation 'metric' whose value is SCORES[rank][epoch] on each rank."""
+
+    SCORES = [[0.0, 1.0, 2.0, 3.0, 4.0], [0.0, -0.5, -2.0, -3.0, -4.0]]
+    name = "score"
+    higher_is_better = True
+
+    def reset(self) -> None:
+        self.epoch = 0
+
+    def accumulate(self, learn) -> None:
+        self.epoch = learn.epoch
+
+    @property
+    def value(self) -> float:
+        return self.SCORES[rank()][self.epoch]
+
+
+def _ddp_scenario(rank_: int, folder: Path) -> None:
+    results: dict = {}
+    # 1. The same script as the single-process reference, with half the batch per rank.
+    learn = _learner(bs=8, path=folder, train_metrics=True)
+    learn.fit(3, cbs=[CSVLogger(folder / f"history_rank{rank_}.csv"), SaveModel()])
+    results["weights"] = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    results["rows"] = learn.recorder.rows
+    results["model_type"] = type(learn.model).__name__
+    learn.save("final")
+    barrier()
+    learn.load("final")
+    if rank_ == 0:  # outside fit validate() is not a collective: rank 0 may run it alone
+        results["validate"] = learn.validate()
+    # 2. EarlyStopping decides on the reduced value, so both ranks stop together.
+    es = EarlyStopping(monitor="score", patience=1)
+    learn = _learner(bs=8, path=folder, metrics=RankScore(), cbs=es)
+    learn.fit(5)
+    results["es_epochs"] = learn.recorder.history.epoch
+    results["es_scores"] = [row["score"] for row in learn.recorder.rows]
+    torch.save(results, folder / f"result{rank_}.pt")
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    """One 2-process run of `_ddp_scenario` and the single-process reference with bs=16."""
+    single_dir = tmp_path_factory.mktemp("single")
+    single = _learner(bs=16, path=single_dir, train_metrics=True)
+    single.logger = lambda line: None
+    single.fit(3, cbs=[CSVLogger(single_dir / "history.csv"), SaveModel()])
+    folder = tmp_path_factory.mktemp("ddp")
+    codes = _run_two_ranks(_ddp_scenario, folder)
+    errors = [(folder / f"error{r}.txt") for r in range(2)]
+    details = "\n".join(e.read_text() for e in errors if e.exists())
+    assert codes == [0, 0], f"exit codes {codes}\n{details}"
+    results = [torch.load(folder / f"result{r}.pt", weights_only=False) for r in range(2)]
+    return single, folder, results
+
+
+def _numeric(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k != "time"}
+
+
+# ---- two processes: what a user sees ---------------------------------------------------------
+
+
+def test_two_ranks_end_with_the_weights_of_one_process_with_twice_the_batch(ddp_run):
+    single, _, results = ddp_run
+    for res in results:
+        for name, value in single.model.state_dict().items():
+            assert torch.allclose(res["weights"][name], value, atol=1e-6, rtol=0), name
+
+
+def test_model_is_the_users_module_again_after_fit(ddp_run):
+    _, _, results = ddp_run
+    assert [res["model_type"] for res in results] == ["Linear", "Linear"]
+
+
+def test_every_rank_records_the_values_of_the_single_process_run(ddp_run):
+    single, _, results = ddp_run
+    expected = [_numeric(row) for row in single.recorder.rows]
+    assert list(expected[0]) == [
+        "epoch", "train_loss", "train_accuracy", "valid_loss", "accuracy",
+    ]  # fmt: skip
+    for res in results:
+        got = [_numeric(row) for row in res["rows"]]
+        assert len(got) == 3
+        for g, e in zip(got, expected):
+            assert g == pytest.approx(e, abs=1e-6)
+
+
+def test_csv_log_is_written_once_by_rank_zero_with_the_reduced_values(ddp_run):
+    single, folder, _ = ddp_run
+    assert not (folder / "history_rank1.csv").exists()
+    with open(folder / "history_rank0.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    for row, expected in zip(rows, single.recorder.rows):
+        for name in ("train_loss", "valid_loss", "accuracy"):
+            assert float(row[name]) == pytest.approx(expected[name], abs=1e-6)
+
+
+def test_epoch_table_is_printed_by_rank_zero_only(ddp_run):
+    _, folder, _ = ddp_run
+    rank0 = (folder / "stdout0.txt").read_text().splitlines()
+    assert rank0[0].split()[:2] == ["epoch", "train_loss"]
+    assert (folder / "stdout1.txt").read_text() == ""
+
+
+def test_sharded_validation_equals_a_full_validation_of_the_final_weights(ddp_run):
+    _, _, results = ddp_run
+    # validate() after fit runs the whole validation set; SaveModel loaded the best epoch,
+    # the last one (valid_loss goes down every epoch here).
+    losses = [row["valid_loss"] for row in results[0]["rows"]]
+    assert losses == sorted(losses, reverse=True)
+    full = results[0]["validate"]
+    assert full["valid_loss"] == pytest.approx(losses[-1], abs=1e-6)
+    assert full["accuracy"] == pytest.approx(results[0]["rows"][-1]["accuracy"], abs=1e-6)
+
+
+def test_early_stopping_stops_both_ranks_at_the_same_epoch(ddp_run):
+    _, _, results = ddp_run
+    # Reduced scores (mean of the two ranks' 16 validation samples each): 0, 0.25, 0, ...
+    # patience=1 stops after epoch 2. Alone, rank 1 (0, -0.5) would stop after epoch 1 and
+    # rank 0 (0, 1, 2, ...) never.
+    for res in results:
+        assert res["es_scores"] == [0.0, 0.25, 0.0]
+        assert res["es_epochs"] == [0, 1, 2]
+
+
+# ---- two processes: a failure on one rank -------------------------------------------------
+
+
+class FailOnRankOne(Callback):
+    def after_batch(self) -> None:
+        if rank() == 1 and self.learn.epoch == 1 and self.learn.iter == 1:
+            raise RuntimeError("rank 1 failed")
+
+
+def _failing_scenario(rank_: int, folder: Path) -> None:
+    _learner(bs=8, path=folder, cbs=FailOnRankOne()).fit(3)
+
+
+def test_a_callback_raising_on_one_rank_makes_both_ranks_exit_with_an_error(tmp_path):
+    codes = _run_two_ranks(_failing_scenario, tmp_path)
+    assert codes == [1, 1]  # None would mean a rank hung until the timeout
+    assert "RuntimeError: rank 1 failed" in (tmp_path / "error1.txt").read_text()
+    # Rank 0 was waiting on rank 1 in DDP's gradient all-reduce: gloo reports the lost peer
+    # ("Connection closed by peer" or "reset by peer", depending on timing) instead of hanging.
+    rank0 = (tmp_path / "error0.txt").read_text()
+    assert "gloo/transport" in rank0 and "rank 1 failed" not in rank0
