@@ -79,3 +79,50 @@ def test_to_device_moves_nested_batches_and_find_bs_reads_the_first_dimension():
     moved = to_device(b, torch.device("cpu"))
     assert moved[0] is b[0]  # already there: no copy
     assert find_bs(moved) == 3 and find_bs({"m": torch.ones(7, 1)}) == 7
+
+
+def _batches(loader: TensorLoader) -> list[list[int]]:
+    return [b[0].tolist() for b in loader]
+
+
+def test_shards_split_each_global_batch_between_the_ranks():
+    # bs=2 on 2 ranks: global batches of 4 (the last one, [8, 9], is split 1 + 1).
+    x = torch.arange(10)
+    shards = [TensorLoader(x, bs=2).shard(r, 2) for r in range(2)]
+    assert _batches(shards[0]) == [[0, 1], [4, 5], [8]]
+    assert _batches(shards[1]) == [[2, 3], [6, 7], [9]]
+
+
+def test_shuffled_shards_together_are_the_batches_of_one_loader_with_twice_the_bs():
+    x = torch.arange(20)
+    single = TensorLoader(x, bs=8, shuffle=True, seed=3)
+    shards = [TensorLoader(x, bs=4, shuffle=True, seed=3).shard(r, 2) for r in range(2)]
+    for epoch in (0, 1):
+        for loader in (single, *shards):
+            loader.set_epoch(epoch)
+        joined = [a + b for a, b in zip(_batches(shards[0]), _batches(shards[1]))]
+        assert joined == _batches(single)
+
+
+def test_training_shards_pad_the_last_batch_so_every_rank_gets_as_many_batches():
+    # 5 samples, global batch 4: the last global batch [4] is topped up with sample 0.
+    shards = [TensorLoader(torch.arange(5), bs=2).shard(r, 2) for r in range(2)]
+    assert [_batches(s) for s in shards] == [[[0, 1], [4]], [[2, 3], [0]]]
+    assert [len(s) for s in shards] == [2, 2]
+
+
+def test_validation_shards_split_the_samples_without_repeats():
+    shards = [TensorLoader(torch.arange(5), bs=2).shard(r, 2, pad=False) for r in range(2)]
+    assert [_batches(s) for s in shards] == [[[0, 1], [4]], [[2, 3]]]
+    assert [len(s) for s in shards] == [2, 1]
+
+
+def test_shard_start_skips_this_ranks_batches():
+    shard = TensorLoader(torch.arange(8), bs=2).shard(1, 2)
+    shard.start = 1
+    assert _batches(shard) == [[6, 7]]
+
+
+def test_shard_rejects_a_rank_outside_the_world():
+    with pytest.raises(ValueError, match="rank must be an int in \\[0, 2\\), got 2"):
+        TensorLoader(torch.arange(4), bs=2).shard(2, 2)
