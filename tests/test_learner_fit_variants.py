@@ -105,12 +105,21 @@ def test_fit_one_cycle_with_an_optimizer_without_momentum_schedules_lr_only():
     assert learn.recorder.hps["lr"][:2] == pytest.approx([4e-4, 1e-2])
 
 
+def test_fit_one_cycle_accepts_fastai_v1_max_lr_and_two_moms():
+    learn = learner_with_steps(4)
+    learn.fit_one_cycle(1, max_lr=1e-2, moms=(0.95, 0.85))
+    # (0.95, 0.85) means 0.95 -> 0.85 -> 0.95, as (0.95, 0.85, 0.95); 4 steps, top at step 1.
+    # step 2: pos .5 = 1/3 of the descent: 0.85 + 0.25 * 0.1 = 0.875.
+    assert learn.recorder.hps["lr"][:2] == pytest.approx([4e-4, 1e-2])
+    assert learn.recorder.hps["mom"][:3] == pytest.approx([0.95, 0.85, 0.875])
+
+
 def test_fit_one_cycle_rejects_bad_arguments_before_training():
     learn = learner_with_steps(2)
     with pytest.raises(ValueError, match="pct_start"):
         learn.fit_one_cycle(1, 1e-2, pct_start=1.5)
     with pytest.raises(ValueError, match="moms"):
-        learn.fit_one_cycle(1, 1e-2, moms=(0.95, 0.85))
+        learn.fit_one_cycle(1, 1e-2, moms=(0.95,))
     with pytest.raises(ValueError, match="div"):
         learn.fit_one_cycle(1, 1e-2, div=0)
     assert learn.recorder.rows == []

@@ -660,16 +660,22 @@ class Learner:
         div_final: float = 1e5,
         pct_start: float = 0.25,
         wd: float | None = None,
-        moms: tuple[float, float, float] | None = (0.95, 0.85, 0.95),
+        moms: tuple[float, ...] | None = (0.95, 0.85, 0.95),
         cbs: Any = None,
         callbacks: Any = None,
         resume: str | Path | None = None,
+        max_lr: float | slice | None = None,
     ) -> Any:
         """fastai's 1cycle: lr rises (cosine) from lr_max/div to lr_max over pct_start, then
-        falls to lr_max/div_final; momentum moves the other way. lr_max=None uses learn.lr."""
+        falls to lr_max/div_final; momentum moves the other way. lr_max=None uses learn.lr.
+        fastai v1 spellings: `max_lr=` for lr_max, `moms=(0.95, 0.85)` for (0.95, 0.85, 0.95)."""
         from .callbacks.schedule import ParamScheduler, one_cycle_scheds
 
         self._check_fit_args(n_epoch)
+        if max_lr is not None:
+            if lr_max is not None:
+                raise ValueError("fit_one_cycle: give lr_max or max_lr (fastai v1), not both")
+            lr_max = max_lr
         scheds = one_cycle_scheds(self, lr_max, div, div_final, pct_start, moms)
         cbs = [ParamScheduler(scheds), *_listify(cbs)]
         return self.fit(n_epoch, wd=wd, cbs=cbs, callbacks=callbacks, resume=resume)
@@ -698,8 +704,8 @@ class Learner:
         cycle_len: int,
         lr_max: float | slice | None = None,
         cycle_mult: int = 2,
-        wd: float | None = None,
         cbs: Any = None,
+        wd: float | None = None,
         callbacks: Any = None,
         resume: str | Path | None = None,
     ) -> Any:

@@ -146,8 +146,14 @@ def one_cycle_scheds(
     _check_pct("fit_one_cycle", pct_start)
     if moms is None:
         moms = getattr(learn, "moms", DEFAULT_MOMS)
+    moms = tuple(moms)
+    if len(moms) == 2:  # fastai v1: (max, min) goes max -> min -> max
+        moms = (moms[0], moms[1], moms[0])
     if len(moms) != 3:
-        raise ValueError(f"fit_one_cycle: moms must be 3 values (start, middle, end), got {moms!r}")
+        raise ValueError(
+            f"fit_one_cycle: moms must be 3 values (start, middle, end), or fastai v1's 2, "
+            f"got {moms!r}"
+        )
     lrs = _base_lrs(learn, lr_max)
     scheds: dict[str, Callable] = {
         "lr": PerGroup([combined_cos(pct_start, lr / div, lr, lr / div_final) for lr in lrs])
