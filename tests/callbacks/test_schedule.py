@@ -130,6 +130,24 @@ def test_learning_rate_scheduler_does_not_swallow_a_type_error_raised_by_the_sch
         tiny_learner().fit(1, cbs=LearningRateScheduler(schedule))
 
 
+def test_learning_rate_scheduler_resumed_mid_epoch_does_not_apply_the_schedule_twice():
+    first = LearningRateScheduler(lambda epoch, lr: lr * 0.5)
+    tiny_learner(lr=0.1).fit(1, cbs=first)  # epoch 0 ran with 0.1 * 0.5 = 0.05
+    assert first.state_dict() == {"epoch": 0, "lr": pytest.approx(0.1)}
+    resumed = LearningRateScheduler(lambda epoch, lr: lr * 0.5)
+
+    class Load(Callback):
+        order = 60  # callback state is loaded after before_fit, as on resume
+
+        def before_fit(self):
+            resumed.load_state_dict(first.state_dict())
+
+    # The restored optimizer holds epoch 0's lr (0.05); the schedule must see 0.1 again.
+    learn = tiny_learner(lr=0.05)
+    learn.fit(1, cbs=[resumed, Load()])
+    assert learn.recorder.hps["lr"] == pytest.approx([0.05])
+
+
 def test_learning_rate_scheduler_verbose_prints_keras_message():
     learn = tiny_learner()
     lines = []

@@ -257,14 +257,22 @@ class LearningRateScheduler(Callback):
             raise ValueError(f"LearningRateScheduler: verbose must be 0 or 1, got {verbose!r}")
         self.schedule, self.verbose = schedule, verbose
         self._with_lr = _takes_lr(schedule)
+        self._start: tuple[int, float] | None = None  # (epoch, the lr the schedule was given)
+
+    def before_fit(self) -> None:
+        self._start = None
 
     def before_epoch(self) -> None:
         learn = self.learn
         epoch = learn.epoch
-        if self._with_lr:
-            lr = self.schedule(epoch, get_hyper(learn.opt, "lr")[-1])
+        if self._start is not None and self._start[0] == epoch:
+            # Resumed inside this epoch: the optimizer holds the scheduled lr already, so give
+            # the schedule the lr it saw at the epoch's start (no double application).
+            lr_in = self._start[1]
         else:
-            lr = self.schedule(epoch)
+            lr_in = get_hyper(learn.opt, "lr")[-1]
+        self._start = (epoch, lr_in)
+        lr = self.schedule(epoch, lr_in) if self._with_lr else self.schedule(epoch)
         # Keras accepts only floats: an int or a tensor is more likely a bug than a rate.
         if not isinstance(lr, numbers.Real) or isinstance(lr, numbers.Integral):
             raise ValueError(
@@ -279,6 +287,14 @@ class LearningRateScheduler(Callback):
 
     def after_epoch(self) -> None:
         log_learning_rate(self.learn)
+
+    def state_dict(self) -> dict:
+        if self._start is None:
+            return {}
+        return {"epoch": self._start[0], "lr": self._start[1]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._start = (state["epoch"], state["lr"]) if state else None
 
 
 class ReduceLROnPlateau(Callback):
