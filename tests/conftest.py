@@ -11,10 +11,6 @@ from torch import nn
 from hookloop import Callback, DataLoaders, Learner
 from hookloop.events import EVENTS
 
-# The tests' models are tiny: intra-op threads only add contention on a shared machine
-# (measured here: 25 ms per batch with 2 threads vs 0.4 ms with 1 for nn.Linear(4, 2)).
-torch.set_num_threads(1)
-
 
 def tiny_dls(n_train: int = 4, n_valid: int = 4, bs: int = 4, seed: int = 0) -> DataLoaders:
     """n_train/bs training batches and n_valid/bs validation batches of 4-feature, 2-class data."""
