@@ -180,20 +180,54 @@ def test_validation_batch_logs_and_on_test_end_logs_use_keras_unprefixed_names()
     assert set(seen[2][1]) == {"loss", "mae"}
 
 
-def test_batch_logs_stay_a_device_tensor_until_a_hook_reads_them():
+def count_device_reads(monkeypatch):
+    """Counts tensor -> Python conversions (.item, .tolist, float()): each is a device sync."""
+    counts = {"reads": 0}
+    for name in ("item", "tolist", "__float__"):
+        original = getattr(torch.Tensor, name)
+
+        def counting(self, *args, _original=original, **kwargs):
+            counts["reads"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    return counts
+
+
+def reads_during_fit(monkeypatch, cbs):
+    learn = scripted_learner([1.0, 2.0, 3.0, 4.0], n_train=4, n_valid=0, cbs=cbs)
+    with learn.no_bar():
+        counts = count_device_reads(monkeypatch)
+        learn.fit(1)  # 4 training batches
+    monkeypatch.undo()
+    return counts["reads"]
+
+
+def test_batch_logs_cost_no_device_read_unless_a_hook_reads_them(monkeypatch):
+    class Ignore(Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            pass
+
+    class Read(Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            logs["loss"]
+
+    baseline = reads_during_fit(monkeypatch, None)
+    assert reads_during_fit(monkeypatch, Ignore()) == baseline
+    assert reads_during_fit(monkeypatch, Read()) == baseline + 4  # one read per batch
+
+
+def test_batch_logs_kept_for_later_still_give_their_own_batchs_mean():
     kept = []
 
-    class Ignore(Callback):
+    class Keep(Callback):
         def on_train_batch_end(self, batch, logs=None):
             kept.append(logs)
 
-    learn = scripted_learner([3.0], n_train=1, n_valid=0, cbs=Ignore())
+    learn = scripted_learner([1.0, 3.0, 8.0], n_train=3, n_valid=0, cbs=Keep())
     learn.fit(1)
-    logs = kept[0]
-    assert isinstance(logs, BatchLogs)
-    assert isinstance(dict.__getitem__(logs, "loss"), torch.Tensor)  # never read: no sync
-    assert logs["loss"] == 3.0
-    assert type(dict.__getitem__(logs, "loss")) is float  # converted once, on the first read
+    assert isinstance(kept[0], BatchLogs)
+    assert [logs["loss"] for logs in kept] == [1.0, 2.0, 4.0]
 
 
 def test_batch_logs_read_through_json_and_dict_copies():

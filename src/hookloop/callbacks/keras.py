@@ -60,15 +60,24 @@ def has_keras_hooks(cb: Callback) -> bool:
     return any(keras_hook(cb, name) is not None for name in KERAS_HOOKS)
 
 
+class Deferred:
+    """A value computed on first use: `BatchLogs` calls it when a hook reads the logs."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+
+
 class BatchLogs(dict):
-    """Keras per-batch `logs` whose tensor values become Python floats only when read.
+    """Keras per-batch `logs` whose values become Python floats only when a hook reads them.
 
     `logs['loss']` is the running mean of the phase's batch losses so far, weighted by batch
     size, as in Keras 3 (after the last training batch it equals the epoch's `loss`).
 
-    Holding the loss tensor avoids a host-device sync for hooks that never look at `logs`;
-    the first read of a value (`logs['loss']`, `logs.get`, `.items()`, `json.dumps(logs)`, ...)
-    converts every value at once, costing one sync.
+    Values are held as tensors or `Deferred` computations, so a hook that never looks at
+    `logs` costs no host-device sync; the first read (`logs['loss']`, `logs.get`, `.items()`,
+    `json.dumps(logs)`, `dict(logs)`, ...) converts every value at once, in one transfer.
     """
 
     __slots__ = ("_lazy",)
@@ -80,9 +89,12 @@ class BatchLogs(dict):
     def _load(self) -> None:
         if self._lazy:
             self._lazy = False
-            for k, v in dict.items(self):
+            for k, v in list(dict.items(self)):
+                if isinstance(v, Deferred):
+                    v = v.fn()
                 if isinstance(v, torch.Tensor):
-                    dict.__setitem__(self, k, float(v.detach().float()))
+                    v = float(v.detach().float())
+                dict.__setitem__(self, k, v)
 
     def __getitem__(self, key: str) -> Any:
         self._load()
@@ -212,25 +224,54 @@ def _with_batch(hook: Callable, logs: Callable[[Any], dict]) -> Callable:
     return adapter
 
 
+class RunningMean:
+    """Batch-size-weighted running mean of one phase's batch losses, read from the device lazily.
+
+    `add` only appends (no device work); `mean(n)` converts the losses not yet read in one
+    transfer and returns the mean of the first `n` batches.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[Any, int]] = []  # (loss, bs) not read from the device yet
+        self._totals: list[float] = []  # prefix sums of loss * bs over the batches read
+        self._seen: list[int] = []  # prefix sums of bs
+
+    def add(self, loss: Any, bs: int) -> int:
+        """Record one batch; returns how many batches the phase has had."""
+        self._pending.append((loss, bs))
+        return len(self._totals) + len(self._pending)
+
+    def mean(self, n: int) -> float:
+        """The weighted mean loss of the phase's first `n` batches."""
+        if len(self._totals) < n:
+            pending, self._pending = self._pending, []
+            values = torch.stack([loss.detach().float().reshape(()) for loss, _ in pending])
+            total = self._totals[-1] if self._totals else 0.0
+            seen = self._seen[-1] if self._seen else 0
+            for v, (_, bs) in zip(values.tolist(), pending):
+                total, seen = total + v * bs, seen + bs
+                self._totals.append(total)
+                self._seen.append(seen)
+        return self._totals[n - 1] / self._seen[n - 1]
+
+
 def _with_running_loss(hook: Callable, logs: Any = None) -> Callable:
-    # Keras 3: batch logs hold the phase's running mean loss, weighted by batch size. The sum
-    # stays a device tensor; BatchLogs reads it only if the hook looks at `logs`.
-    total: Any = None
-    seen = 0
+    # Keras 3: batch logs hold the phase's running mean loss, weighted by batch size. Nothing
+    # is computed on the device unless the hook reads `logs`.
+    running = RunningMean()
 
     def adapter(cb: Callback) -> None:
-        nonlocal total, seen
+        nonlocal running
         learn = cb.learn
         loss = learn.loss
         if loss is None:
             hook(learn.iter, {})
             return
-        bs = find_bs(learn.yb if learn.yb else learn.xb)
-        if learn.iter == 0 or total is None:
-            total, seen = loss * bs, bs
-        else:
-            total, seen = total + loss * bs, seen + bs
-        hook(learn.iter, BatchLogs({"loss": total / seen}))
+        if learn.iter == 0:
+            running = RunningMean()  # a new phase; logs handed out earlier keep the old one
+        n = running.add(loss, find_bs(learn.yb if learn.yb else learn.xb))
+        mean = running.mean
+        hook(learn.iter, BatchLogs({"loss": Deferred(lambda: mean(n))}))
 
     return adapter
 
@@ -285,6 +326,14 @@ def keras_adapters(cb: Callback, phase: str, predicting: bool) -> list[tuple[str
     return [(event, types.MethodType(adapter, cb)) for event, _, adapter in hooks]
 
 
+def _unwrap(model: Any) -> Any:
+    # Under DDP `learn.model` is the wrapper while training; Keras code expects its own model,
+    # and the stop flag must live on one object whichever of the two is current.
+    if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+        return model.module
+    return model
+
+
 class KerasStopTraining(Callback):
     """Turns Keras' `model.stop_training = True` into hookloop's cancel exceptions.
 
@@ -297,16 +346,16 @@ class KerasStopTraining(Callback):
         object.__setattr__(self, "learn", learn)
 
     def before_fit(self) -> None:
-        self.learn.model.stop_training = False
+        _unwrap(self.learn.model).stop_training = False
 
     def after_batch(self) -> None:
         # Keras 3: a flag set during a training batch ends that epoch's batch loop.
         learn = self.learn
-        if learn._training and getattr(learn.model, "stop_training", False):
+        if learn._training and getattr(_unwrap(learn.model), "stop_training", False):
             raise CancelTrainException()
 
     def after_epoch(self) -> None:
-        if getattr(self.learn.model, "stop_training", False):
+        if getattr(_unwrap(self.learn.model), "stop_training", False):
             raise CancelFitException()
 
 
@@ -362,7 +411,7 @@ class KerasCallback(Callback):
         model = self.__dict__.get("_model")
         if model is not None:
             return model
-        return self.learn.model if self.learn is not None else None
+        return _unwrap(self.learn.model) if self.learn is not None else None
 
     @model.setter
     def model(self, model: Any) -> None:
@@ -446,6 +495,8 @@ __all__ = [
     "KerasStopTraining",
     "KERAS_HOOKS",
     "BatchLogs",
+    "Deferred",
+    "RunningMean",
     "keras_adapters",
     "add_keras_stop",
     "has_keras_hooks",
