@@ -159,6 +159,15 @@ def broadcast_int(value: int, src: int = 0) -> int:
     return int(t.item())
 
 
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank `src`'s picklable `obj` on every rank (`obj` itself outside DDP)."""
+    if not _active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src)
+    return box[0]
+
+
 class ShardSampler(Sampler[int]):
     """Indices `rank, rank + world_size, ...` of a dataset of `n` items: a split without repeats.
 
@@ -418,6 +427,7 @@ __all__ = [
     "reduce_weighted",
     "any_rank",
     "broadcast_int",
+    "broadcast_object",
     "ShardSampler",
     "shard_loader",
     "DistributedTrainer",

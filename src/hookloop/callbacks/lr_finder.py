@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..distributed import any_rank, broadcast_object, world_size
 from ..events import CancelFitException, CancelValidException
 from ..schedules import SchedExp
 from .schedule import ParamScheduler, PerGroup
@@ -172,7 +173,7 @@ class LRFinder(ParamScheduler):
     def before_fit(self) -> None:
         super().before_fit()
         learn = self.learn
-        model = learn.model
+        model = _unwrap(learn.model)
         # Copies in memory, not a temporary file: nothing to clean up if the process dies.
         self._saved = (
             {k: v.detach().clone() for k, v in model.state_dict().items()},
@@ -194,7 +195,9 @@ class LRFinder(ParamScheduler):
         loss = learn.smooth_loss
         if loss < self.best_loss:
             self.best_loss = loss
-        if self.stop_div and (loss > 4 * self.best_loss or not math.isfinite(loss)):
+        diverged = self.stop_div and (loss > 4 * self.best_loss or not math.isfinite(loss))
+        # Under DDP each rank sees its own loss: all stop when one diverges (one all_reduce).
+        if any_rank(diverged):
             raise CancelFitException()
         if learn.train_iter >= self.num_it:
             raise CancelFitException()
@@ -215,13 +218,20 @@ class LRFinder(ParamScheduler):
         self._saved = None
         learn = self.learn
         learn.opt.zero_grad(set_to_none=True)
-        learn.model.load_state_dict(model_state)
+        model = _unwrap(learn.model)
+        model.load_state_dict(model_state)
         learn.opt.load_state_dict(opt_state)
-        for m, training in zip(learn.model.modules(), modes):
+        for m, training in zip(model.modules(), modes):
             m.training = training
 
     def __repr__(self) -> str:
         return f"LRFinder(start_lr={self.start_lr!r}, end_lr={self.end_lr!r}, num_it={self.num_it})"
+
+
+def _unwrap(model: Any) -> Any:
+    from ..learner import unwrap_model  # late: the learner module imports this one
+
+    return unwrap_model(model)
 
 
 def suggest(
@@ -264,7 +274,8 @@ def lr_find(
     """Run an LRFinder sweep on `learn`; returns the suggestions (a namedtuple, fastai's
     SuggestedLRs) or None when `suggest_funcs` is None."""
     finder = LRFinder(start_lr, end_lr, num_it, stop_div)
-    n_epoch = num_it // len(learn.dls.train) + 1
+    # Under DDP each rank runs about 1/world_size of the batches per epoch.
+    n_epoch = num_it // max(len(learn.dls.train) // world_size(), 1) + 1
     with learn.no_logging():
         learn.fit(n_epoch, cbs=finder)
     recorder = learn.recorder
@@ -274,8 +285,10 @@ def lr_find(
     if suggest_funcs is not None:
         if callable(suggest_funcs):
             suggest_funcs = (suggest_funcs,)
+        # Rank 0's losses on every rank, so that all ranks get the same suggestions.
+        losses = broadcast_object(recorder.smooth_losses)
         suggestions, result.points, result.names = suggest(
-            recorder.lrs, recorder.smooth_losses, num_it, suggest_funcs
+            recorder.lrs, losses, num_it, suggest_funcs
         )
         result.suggestions = suggestions
     if show_plot:
