@@ -225,6 +225,20 @@ def _ddp_scenario(rank_: int, folder: Path) -> None:
     learn.fit(5)
     results["es_epochs"] = learn.recorder.history.epoch
     results["es_scores"] = [row["score"] for row in learn.recorder.rows]
+    # 3. lr_find: the ranks stop together and get the same suggestion; weights are put back.
+    learn = _learner(bs=8, path=folder)
+    before = learn.model.weight.clone()
+    results["lr_find"] = learn.lr_find(num_it=10, show_plot=False).valley
+    results["lr_find_restored"] = torch.equal(learn.model.weight, before)
+    # 4. torch DataLoaders: DistributedSampler for training, ShardSampler for validation.
+    xt, yt, xv, yv = _data()
+    dls = DataLoaders.from_datasets(TensorDataset(xt, yt), TensorDataset(xv, yv), bs=8)
+    torch.manual_seed(0)
+    learn = Learner(nn.Linear(4, 2), dls, nn.CrossEntropyLoss(), lr=1e-2, device="cpu")
+    learn.fit(2)
+    results["dl_weight"] = learn.model.weight.clone()
+    results["dl_valid_loss"] = learn.recorder.rows[-1]["valid_loss"]
+    results["dl_full_valid_loss"] = learn.validate()["valid_loss"]
     torch.save(results, folder / f"result{rank_}.pt")
 
 
@@ -313,6 +327,19 @@ def test_early_stopping_stops_both_ranks_at_the_same_epoch(ddp_run):
     for res in results:
         assert res["es_scores"] == [0.0, 0.25, 0.0]
         assert res["es_epochs"] == [0, 1, 2]
+
+
+def test_lr_find_gives_every_rank_the_same_suggestion_and_restores_the_weights(ddp_run):
+    _, _, results = ddp_run
+    assert results[0]["lr_find"] == results[1]["lr_find"]
+    assert [res["lr_find_restored"] for res in results] == [True, True]
+
+
+def test_torch_dataloaders_are_sharded_and_validation_is_exact(ddp_run):
+    _, _, results = ddp_run
+    assert torch.equal(results[0]["dl_weight"], results[1]["dl_weight"])
+    for res in results:
+        assert res["dl_valid_loss"] == pytest.approx(res["dl_full_valid_loss"], abs=1e-6)
 
 
 # ---- two processes: a failure on one rank -------------------------------------------------
