@@ -260,6 +260,14 @@ def shard_loader(dl: Any, rank: int, world_size: int, train: bool = True, seed: 
     return dl
 
 
+def _is_fsdp(model: nn.Module) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+    except ImportError:  # torch without FSDP2
+        return False
+    return isinstance(model, (FSDPModule, FullyShardedDataParallel))
+
+
 def _loader_seed(dl: Any) -> int:
     # DistributedSampler needs the same seed on every rank: rank 0's choice is broadcast.
     gen = getattr(dl, "generator", None)
@@ -284,7 +292,9 @@ class DistributedTrainer(Callback):
     Args:
         sync_bn: convert BatchNorm layers to SyncBatchNorm (CUDA only; ignored on the CPU).
         shard_valid: give each rank part of the validation set; False validates the whole set
-            on every rank (exact for any metric, world_size times the work).
+            on every rank (exact for any metric, world_size times the work). A model wrapped
+            with FSDP (`fully_shard`) is never wrapped in DDP and always validates the whole
+            set on every rank, since each of its forwards is a collective.
         backend: process-group backend if one has to be created (None: nccl on CUDA, gloo).
         timeout: seconds (or a timedelta) for the collectives of a group created here.
         **ddp_kwargs: passed to DistributedDataParallel (`find_unused_parameters`, ...).
@@ -320,8 +330,11 @@ class DistributedTrainer(Callback):
         learn = self.learn
         model, dls = learn.model, learn.dls
         self._saved = (model, dls)
+        fsdp = _is_fsdp(model)
         if isinstance(model, nn.parallel.DistributedDataParallel):
             ddp, module = model, model.module  # the user wrapped it already
+        elif fsdp:
+            ddp, module = model, model  # FSDP syncs gradients itself: no DDP around it
         else:
             module = model
             cuda = learn.device.type == "cuda"
@@ -337,7 +350,10 @@ class DistributedTrainer(Callback):
         shards = copy.copy(dls)
         shards.loaders = [
             shard_loader(dls.train, r, w, train=True, seed=seed),
-            shard_loader(dls.valid, r, w, train=False) if self.shard_valid else dls.valid,
+            # Every FSDP forward is a collective: ranks must run as many validation batches.
+            shard_loader(dls.valid, r, w, train=False)
+            if self.shard_valid and not fsdp
+            else dls.valid,
         ]
         learn.dls = shards
         learn.model = ddp
