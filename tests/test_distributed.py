@@ -132,13 +132,19 @@ def _data() -> tuple[torch.Tensor, ...]:
     return x[:64], y[:64], x[64:], y[64:]
 
 
-def _learner(bs: int, path: Path, cbs=None, metrics=accuracy, **kwargs) -> Learner:
+def _mlp() -> nn.Module:
     torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+
+
+def _learner(bs: int, path: Path, cbs=None, metrics=accuracy, model=None, **kwargs) -> Learner:
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2) if model is None else model
     xt, yt, xv, yv = _data()
     dls = DataLoaders.from_tensors(xt, yt, valid=(xv, yv), bs=bs, valid_bs=8, seed=1)
     return Learner(
-        nn.Linear(4, 2), dls, nn.CrossEntropyLoss(), lr=1e-2, metrics=metrics, cbs=cbs,
-        path=path, device="cpu", **kwargs,
+        model, dls, nn.CrossEntropyLoss(), lr=1e-2, metrics=metrics, cbs=cbs, path=path,
+        device="cpu", **kwargs,
     )  # fmt: skip
 
 
@@ -239,6 +245,13 @@ def _ddp_scenario(rank_: int, folder: Path) -> None:
     results["dl_weight"] = learn.model.weight.clone()
     results["dl_valid_loss"] = learn.recorder.rows[-1]["valid_loss"]
     results["dl_full_valid_loss"] = learn.validate()["valid_loss"]
+    # 5. A model the user sharded with FSDP2 is trained as it is (no DDP around it).
+    from torch.distributed.fsdp import fully_shard
+
+    learn = _learner(bs=8, path=folder, model=fully_shard(_mlp()))
+    learn.fit(3)
+    results["fsdp_weights"] = {k: v.full_tensor() for k, v in learn.model.state_dict().items()}
+    results["fsdp_rows"] = learn.recorder.rows
     torch.save(results, folder / f"result{rank_}.pt")
 
 
@@ -249,13 +262,16 @@ def ddp_run(tmp_path_factory):
     single = _learner(bs=16, path=single_dir, train_metrics=True)
     single.logger = lambda line: None
     single.fit(3, cbs=[CSVLogger(single_dir / "history.csv"), SaveModel()])
+    single_mlp = _learner(bs=16, path=single_dir, model=_mlp())
+    single_mlp.logger = lambda line: None
+    single_mlp.fit(3)
     folder = tmp_path_factory.mktemp("ddp")
     codes = _run_two_ranks(_ddp_scenario, folder)
     errors = [(folder / f"error{r}.txt") for r in range(2)]
     details = "\n".join(e.read_text() for e in errors if e.exists())
     assert codes == [0, 0], f"exit codes {codes}\n{details}"
     results = [torch.load(folder / f"result{r}.pt", weights_only=False) for r in range(2)]
-    return single, folder, results
+    return single, folder, results, single_mlp
 
 
 def _numeric(row: dict) -> dict:
@@ -266,19 +282,19 @@ def _numeric(row: dict) -> dict:
 
 
 def test_two_ranks_end_with_the_weights_of_one_process_with_twice_the_batch(ddp_run):
-    single, _, results = ddp_run
+    single, _, results, _ = ddp_run
     for res in results:
         for name, value in single.model.state_dict().items():
             assert torch.allclose(res["weights"][name], value, atol=1e-6, rtol=0), name
 
 
 def test_model_is_the_users_module_again_after_fit(ddp_run):
-    _, _, results = ddp_run
+    _, _, results, _ = ddp_run
     assert [res["model_type"] for res in results] == ["Linear", "Linear"]
 
 
 def test_every_rank_records_the_values_of_the_single_process_run(ddp_run):
-    single, _, results = ddp_run
+    single, _, results, _ = ddp_run
     expected = [_numeric(row) for row in single.recorder.rows]
     assert list(expected[0]) == [
         "epoch", "train_loss", "train_accuracy", "valid_loss", "accuracy",
@@ -291,7 +307,7 @@ def test_every_rank_records_the_values_of_the_single_process_run(ddp_run):
 
 
 def test_csv_log_is_written_once_by_rank_zero_with_the_reduced_values(ddp_run):
-    single, folder, _ = ddp_run
+    single, folder, _, _ = ddp_run
     assert not (folder / "history_rank1.csv").exists()
     with open(folder / "history_rank0.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -302,14 +318,14 @@ def test_csv_log_is_written_once_by_rank_zero_with_the_reduced_values(ddp_run):
 
 
 def test_epoch_table_is_printed_by_rank_zero_only(ddp_run):
-    _, folder, _ = ddp_run
+    _, folder, _, _ = ddp_run
     rank0 = (folder / "stdout0.txt").read_text().splitlines()
     assert rank0[0].split()[:2] == ["epoch", "train_loss"]
     assert (folder / "stdout1.txt").read_text() == ""
 
 
 def test_sharded_validation_equals_a_full_validation_of_the_final_weights(ddp_run):
-    _, _, results = ddp_run
+    _, _, results, _ = ddp_run
     # validate() after fit runs the whole validation set; SaveModel loaded the best epoch,
     # the last one (valid_loss goes down every epoch here).
     losses = [row["valid_loss"] for row in results[0]["rows"]]
@@ -320,7 +336,7 @@ def test_sharded_validation_equals_a_full_validation_of_the_final_weights(ddp_ru
 
 
 def test_early_stopping_stops_both_ranks_at_the_same_epoch(ddp_run):
-    _, _, results = ddp_run
+    _, _, results, _ = ddp_run
     # Reduced scores (mean of the two ranks' 16 validation samples each): 0, 0.25, 0, ...
     # patience=1 stops after epoch 2. Alone, rank 1 (0, -0.5) would stop after epoch 1 and
     # rank 0 (0, 1, 2, ...) never.
@@ -330,16 +346,26 @@ def test_early_stopping_stops_both_ranks_at_the_same_epoch(ddp_run):
 
 
 def test_lr_find_gives_every_rank_the_same_suggestion_and_restores_the_weights(ddp_run):
-    _, _, results = ddp_run
+    _, _, results, _ = ddp_run
     assert results[0]["lr_find"] == results[1]["lr_find"]
     assert [res["lr_find_restored"] for res in results] == [True, True]
 
 
 def test_torch_dataloaders_are_sharded_and_validation_is_exact(ddp_run):
-    _, _, results = ddp_run
+    _, _, results, _ = ddp_run
     assert torch.equal(results[0]["dl_weight"], results[1]["dl_weight"])
     for res in results:
         assert res["dl_valid_loss"] == pytest.approx(res["dl_full_valid_loss"], abs=1e-6)
+
+
+def test_fsdp_sharded_model_trains_like_one_process_with_twice_the_batch(ddp_run):
+    _, _, results, single_mlp = ddp_run
+    expected = single_mlp.model.state_dict()
+    for res in results:
+        for name, value in expected.items():
+            assert torch.allclose(res["fsdp_weights"][name], value, atol=1e-6, rtol=0), name
+        valid = [row["valid_loss"] for row in res["fsdp_rows"]]
+        assert valid == pytest.approx([r["valid_loss"] for r in single_mlp.recorder.rows])
 
 
 # ---- two processes: a failure on one rank -------------------------------------------------
