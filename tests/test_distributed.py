@@ -29,6 +29,7 @@ from hookloop import (
 )
 from hookloop.distributed import (
     barrier,
+    init_distributed,
     rank,
     rank_zero_print,
     reduce_weighted,
@@ -119,6 +120,27 @@ def test_distrib_ctx_in_one_process_trains_and_detaches_its_callback(tmp_path):
         learn.fit(1)
     assert not any(isinstance(c, DistributedTrainer) for c in learn.cbs)
     assert len(learn.recorder.rows) == 1
+
+
+def test_distrib_ctx_refuses_to_launch_processes_from_a_notebook(tmp_path):
+    learn = _learner(bs=16, path=tmp_path)
+    with pytest.raises(ValueError, match="in_notebook=True"):
+        with learn.distrib_ctx(in_notebook=True):
+            pass
+
+
+def test_torchrun_environment_without_master_address_is_an_error(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    with pytest.raises(RuntimeError, match="MASTER_ADDR not set"):
+        init_distributed()
+
+
+def test_distributed_trainer_rejects_a_negative_timeout():
+    with pytest.raises(ValueError, match="timeout must be positive seconds or a timedelta, got -1"):
+        DistributedTrainer(timeout=-1)
 
 
 # ---- two processes: the helpers every scenario uses -----------------------------------------

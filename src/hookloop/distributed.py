@@ -409,14 +409,21 @@ def distrib_ctx(
     sync_bn: bool = True,
     backend: str | None = None,
     timeout: Any = None,
+    in_notebook: bool = False,
     **ddp_kwargs: Any,
 ) -> Iterator[Learner]:
     """Train with DDP inside the block (fastai's `learn.distrib_ctx()`).
 
     Creates the process group from torchrun's environment if none exists (and destroys it on
     leaving), and attaches a DistributedTrainer for the block. Run as one process, it does
-    nothing.
+    nothing. fastai's `in_notebook=True` (launching the processes from a notebook) is not
+    supported: start the script with torchrun.
     """
+    if in_notebook:
+        raise ValueError(
+            "distrib_ctx(in_notebook=True) is not supported: put the training in a script and "
+            "start it with `torchrun --nproc_per_node=N script.py`"
+        )
     created = init_distributed(backend, timeout)
     if is_distributed():
         learn._rebuild()
