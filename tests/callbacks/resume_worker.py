@@ -34,9 +34,13 @@ from hookloop import (
     Callback,
     CSVLogger,
     DataLoaders,
+    EarlyStopping,
     GradientAccumulation,
     Learner,
     MixUp,
+    ParamScheduler,
+    ReduceLROnPlateau,
+    SchedCos,
     accuracy,
 )
 from hookloop.checkpoint import atomic_save
@@ -136,14 +140,24 @@ def make_data(loader: str) -> DataLoaders:
 
 
 def user_script(config: dict, workdir: Path) -> None:
-    """What a user runs: seeded, shuffled, dropout, MixUp, gradient accumulation, a CSV log."""
+    """What a user runs: seeded, shuffled, dropout, MixUp, gradient accumulation, a CSV log,
+    an lr reduced on plateau, early stopping that keeps the best weights, a wd schedule."""
     torch.manual_seed(0)
     random.seed(0)
     np.random.seed(0)
     dls = make_data(config["loader"])
     model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
     backup = BackupAndRestore(workdir / "backup", save_freq=config["save_freq"])
-    cbs = [backup, CSVLogger("log.csv", append=False), MixUp(0.4), GradientAccumulation(n_acc=16)]
+    cbs = [
+        backup,
+        CSVLogger("log.csv", append=False),
+        MixUp(0.4),
+        GradientAccumulation(n_acc=16),
+        # Callbacks with state of their own, and a schedule driven by pct_train.
+        ReduceLROnPlateau(monitor="accuracy", factor=0.5, patience=0),
+        EarlyStopping(monitor="valid_loss", patience=N_EPOCH, restore_best_weights=True),
+        ParamScheduler({"wd": SchedCos(0.05, 0.0)}),
+    ]
     kill = config.get("kill")
     if kill and "batch" in kill:
         cbs.append(KillAtBatch(kill["batch"]))
