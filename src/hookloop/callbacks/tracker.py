@@ -695,8 +695,8 @@ class TerminateOnNaN(Callback):
     def _reset(self) -> None:
         self._on_device: bool | None = None
         self._bad: torch.Tensor | None = None  # this batch's loss is non-finite
-        self._any: torch.Tensor | None = None  # some batch since the last read was
-        self._first: torch.Tensor | None = None  # epoch and batch of the first bad batch
+        # First bad batch since the fit started, as epoch * 2**32 + batch; -1: none yet.
+        self._first: torch.Tensor | None = None
         self._since_read = 0
 
     def before_fit(self) -> None:
@@ -710,21 +710,16 @@ class TerminateOnNaN(Callback):
             self._on_device = (
                 self.check_every is not None or loss.device.type != "cpu" or is_distributed()
             )
-        finite = torch.isfinite(loss)
         if not self._on_device:
-            if not bool(finite):  # a CPU tensor: reading it is not a device sync
+            if not bool(torch.isfinite(loss)):  # a CPU tensor: reading it is not a device sync
                 self._stop(learn.epoch, learn.iter, f"{float(loss)}")
             return
-        bad = ~finite
-        if self._any is None:
-            self._any = bad.clone()
-            self._first = torch.full((2,), -1, dtype=torch.long, device=loss.device)
-        else:
-            self._any |= bad
-        # Record where the first bad batch was, on the device (scalars need no transfer).
-        take = bad & (self._first[0] < 0)
-        self._first[0] = torch.where(take, learn.epoch, self._first[0])
-        self._first[1] = torch.where(take, learn.iter, self._first[1])
+        if self._first is None:
+            self._first = torch.full((), -1, dtype=torch.long, device=loss.device)
+        bad = ~torch.isfinite(loss)
+        # Python scalars in torch.where need no host-to-device transfer.
+        code = (learn.epoch << 32) + learn.iter
+        self._first = torch.where(bad & (self._first < 0), code, self._first)
         self._bad = bad
 
     def after_backward(self) -> None:
@@ -737,25 +732,27 @@ class TerminateOnNaN(Callback):
         self._bad = None
 
     def after_batch(self) -> None:
-        if self.check_every is None or not self.learn.training or self._any is None:
+        if self.check_every is None or not self.learn.training or self._first is None:
             return
         self._since_read += 1
         if self._since_read >= self.check_every:
             self._read()
 
     def after_train(self) -> None:
-        if self._any is not None:
+        if self._first is not None:
             self._read()
 
     def _read(self) -> None:
         # The one host-device sync: per epoch, or per `check_every` batches.
         self._since_read = 0
-        flag = self._any.to(torch.int32)
+        flag = (self._first >= 0).to(torch.int32)
         if is_distributed():
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         if bool(flag):
-            epoch, batch = (int(v) for v in self._first.tolist())
-            self._stop(epoch, batch, "nan or inf")
+            code = int(self._first)
+            if code < 0:  # another rank saw it
+                self._stop(self.learn.epoch, -1, "on another rank")
+            self._stop(code >> 32, code & 0xFFFFFFFF, "nan or inf")
 
     def _stop(self, epoch: int, batch: int, value: str) -> None:
         self.stopped_at = (epoch, batch)
