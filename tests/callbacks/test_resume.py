@@ -387,3 +387,17 @@ def test_train_metrics_of_the_resumed_epoch_cover_all_its_batches(tmp_path):
     history = learn.fit(2)
     assert learn.backup_and_restore.restored_from.name == "ckpt-e000000-i00000002"
     assert history.history == reference.history
+
+
+def test_lr_find_neither_restores_nor_replaces_nor_deletes_the_backups(tmp_path):
+    backup = tmp_path / "b"
+    with pytest.raises(Crash):
+        _learner([BackupAndRestore(backup), CrashAt(6)]).fit(2)
+    before = {p.name: (p / "model.pt").read_bytes() for p in list_checkpoints(backup)}
+    assert list(before) == ["ckpt-e000001-i00000000"]
+    learn = _learner([BackupAndRestore(backup)])  # on the learner: lr_find's fit sees it too
+    learn.lr_find(num_it=6, show_plot=False)
+    assert learn.backup_and_restore.restored_from is None
+    assert {p.name: (p / "model.pt").read_bytes() for p in list_checkpoints(backup)} == before
+    learn.fit(2)
+    assert learn.backup_and_restore.restored_from.name == "ckpt-e000001-i00000000"

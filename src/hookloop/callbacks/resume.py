@@ -23,6 +23,7 @@ from ..checkpoint import (
     save_checkpoint,
 )
 from ..distributed import is_rank_zero
+from .lr_finder import LRFinder
 
 
 def _epoch_generator(seed: int, epoch: int, salt: int) -> torch.Generator:
@@ -104,6 +105,12 @@ def make_resumable(dl: Any, seed: int | None = None) -> bool:
     return True
 
 
+def _lr_find_running(learn: Any) -> bool:
+    # lr_find's short fit is not the training to back up: it must neither restore the backups,
+    # nor overwrite them, nor delete them when it ends.
+    return any(isinstance(c, LRFinder) for c in learn.cbs)
+
+
 class _Restore(Callback):
     """Restores a checkpoint into the fit it is attached to (the restore half of the backups).
 
@@ -118,14 +125,18 @@ class _Restore(Callback):
         self.restore_from: Path | None = None  # one-shot source given by fit(resume=path)
         self.restored_from: Path | None = None
         self._pending: Checkpoint | None = None
+        self._active = False
 
     def _source(self) -> Path | None:
         return None
 
     def before_fit(self) -> None:
         learn = self.learn
-        make_resumable(learn.dls.train)
         self.restored_from, self._pending = None, None
+        self._active = not _lr_find_running(learn)
+        if not self._active:
+            return
+        make_resumable(learn.dls.train)
         explicit, self.restore_from = self.restore_from, None
         source = explicit or self._source()
         if source is None:
@@ -199,7 +210,12 @@ class BackupAndRestore(_Restore):
         return self.backup_dir
 
     def before_fit(self) -> None:
-        if self.save_freq != "epoch" and not make_resumable(self.learn.dls.train):
+        learn = self.learn
+        if (
+            self.save_freq != "epoch"
+            and not _lr_find_running(learn)
+            and not make_resumable(learn.dls.train)
+        ):
             raise ValueError(
                 f"save_freq={self.save_freq!r} backs up mid-epoch, but the training loader "
                 f"({type(self.learn.dls.train).__name__}) cannot restart mid-epoch; use "
@@ -209,7 +225,7 @@ class BackupAndRestore(_Restore):
         super().before_fit()
 
     def _backup(self, epoch: int, iter: int) -> None:
-        if is_rank_zero():
+        if self._active and is_rank_zero():
             save_checkpoint(self.learn, self.backup_dir, epoch, iter, keep=self.keep)
 
     def _backup_every_n(self) -> None:
@@ -222,7 +238,7 @@ class BackupAndRestore(_Restore):
             self._backup(self.learn.epoch + 1, 0)
 
     def after_fit(self) -> None:
-        if self.delete_on_success and is_rank_zero():
+        if self._active and self.delete_on_success and is_rank_zero():
             self.delete_backups()
 
     def delete_backups(self) -> None:
