@@ -200,6 +200,35 @@ def test_early_stopping_callback_is_the_fastai_alias():
     assert learn.early_stopping.monitor == "valid_loss"
 
 
+def test_early_stopping_takes_its_arguments_positionally_in_the_documented_order():
+    learn = make_learner(metrics=Scripted(LOSSES_7))
+    learn.fit(7, cbs=EarlyStopping("scripted_loss", 0.0, 2))  # monitor, min_delta, patience
+    assert epochs_run(learn) == 6
+
+
+def test_early_stopping_refuses_an_argument_given_twice():
+    with pytest.raises(TypeError, match="multiple values for argument 'monitor'"):
+        EarlyStopping("valid_loss", monitor="accuracy")
+
+
+def test_fastai_v1_early_stopping_patience_counts_tolerated_epochs():
+    # fastai v1 stops when wait > patience: its patience 1 is patience 2 here (6 epochs).
+    learn = make_learner(metrics=Scripted(LOSSES_7))
+    learn.fit(7, callbacks=[EarlyStoppingCallback(learn, "scripted_loss", "auto", 0.0, 1)])
+    assert epochs_run(learn) == 6
+
+
+def test_fastai_v1_early_stopping_through_callback_fns():
+    # The fastai v1 docs' spelling; the default v1 patience 0 stops at the first bad epoch.
+    learn = make_learner(
+        metrics=Scripted([5, 4, 4.5, 3]),
+        callback_fns=[functools.partial(EarlyStoppingCallback, monitor="scripted_loss")],
+    )
+    learn.fit(4)
+    assert epochs_run(learn) == 3
+    assert learn.early_stopping.patience == 1
+
+
 def test_restore_best_weights_when_another_callback_stops_the_fit():
     # Best epoch 1 (value 1); patience 10 never triggers; the other stopper ends it after 4.
     weights = Weights()

@@ -43,6 +43,32 @@ def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in unwrap_model(model).state_dict().items()}
 
 
+def _bind_positional(
+    owner: str, args: tuple, given: dict[str, Any], defaults: dict[str, Any], slots: tuple
+) -> None:
+    # Put positional arguments into their slots of `given`, refusing a slot also given by name.
+    if len(args) > len(slots):
+        raise TypeError(
+            f"{owner} takes at most {len(slots)} positional arguments ({', '.join(slots)}), "
+            f"got {len(args)}"
+        )
+    for slot, value in zip(slots, args):
+        if given[slot] is not defaults[slot] and given[slot] != defaults[slot]:
+            raise TypeError(f"{owner} got multiple values for argument {slot!r}")
+        given[slot] = value
+
+
+def _split_learner(owner: str, args: tuple, learn: Any) -> tuple[Any, tuple]:
+    # fastai v1 passed the learner first: `SaveModelCallback(learn, ...)`.
+    if learn is not None and not isinstance(learn, Learner):
+        raise TypeError(f"learn must be a Learner, got {learn!r}")
+    if args and isinstance(args[0], Learner):
+        if learn is not None:
+            raise TypeError(f"{owner} got the learner both positionally and as learn=")
+        return args[0], args[1:]
+    return learn, args
+
+
 class TrackerCallback(Callback):
     """Watches one recorded value at the end of each epoch and remembers its best.
 
@@ -151,6 +177,19 @@ class TrackerCallback(Callback):
         self.new_best = state["new_best"]
 
 
+# Positional orders: this library's (the issue's, Keras's without verbose) and fastai v1's.
+_EARLY_ARGS = (
+    "monitor",
+    "min_delta",
+    "patience",
+    "mode",
+    "baseline",
+    "restore_best_weights",
+    "start_from_epoch",
+)
+_EARLY_V1_ARGS = ("monitor", "mode", "min_delta", "patience")
+
+
 class EarlyStopping(TrackerCallback):
     """Stops training when the monitored value has stopped improving (fastai and Keras).
 
@@ -177,30 +216,69 @@ class EarlyStopping(TrackerCallback):
         comp: fastai's comparison (`np.less`, `np.greater`); overrides `mode`.
         reset_on_fit: start from scratch at each `fit`.
         verbose: Keras: 1 also prints when the best weights are restored.
+        learn: fastai v1 passed the learner first, `EarlyStoppingCallback(learn, monitor,
+            mode, min_delta, patience)` (also what `callback_fns=[partial(...)]` does); that
+            call keeps v1's meaning of `patience` (epochs tolerated, default 0), so
+            `self.patience` is one more.
     """
 
     order = TrackerCallback.order + 3
 
     def __init__(
         self,
+        *args: Any,
         monitor: str = "valid_loss",
         min_delta: float = 0.0,
-        patience: int = 1,
+        patience: int | None = None,
         mode: str = "auto",
         baseline: float | None = None,
         restore_best_weights: bool = False,
         start_from_epoch: int = 0,
-        *,
         comp: Callable[[Any, Any], Any] | None = None,
         reset_on_fit: bool = True,
         verbose: int = 0,
+        learn: Learner | None = None,
     ) -> None:
+        given = {
+            "monitor": monitor,
+            "min_delta": min_delta,
+            "patience": patience,
+            "mode": mode,
+            "baseline": baseline,
+            "restore_best_weights": restore_best_weights,
+            "start_from_epoch": start_from_epoch,
+        }
+        defaults = {
+            "monitor": "valid_loss",
+            "min_delta": 0.0,
+            "patience": None,
+            "mode": "auto",
+            "baseline": None,
+            "restore_best_weights": False,
+            "start_from_epoch": 0,
+        }
+        learn, args = _split_learner("EarlyStopping", args, learn)
+        self.v1 = learn is not None
+        slots = _EARLY_V1_ARGS if self.v1 else _EARLY_ARGS
+        _bind_positional("EarlyStopping", args, given, defaults, slots)
+        patience = given["patience"]
+        if patience is None:
+            patience = 0 if self.v1 else 1
+        patience = _check_int("patience", patience, minimum=0)
+        if self.v1:
+            patience += 1  # fastai v1 stopped when wait > patience; here, when wait >= patience
         super().__init__(
-            monitor=monitor, comp=comp, min_delta=min_delta, reset_on_fit=reset_on_fit, mode=mode
+            monitor=given["monitor"],
+            comp=comp,
+            min_delta=given["min_delta"],
+            reset_on_fit=reset_on_fit,
+            mode=given["mode"],
         )
-        self.patience = _check_int("patience", patience, minimum=0)
+        self.patience = patience
+        baseline = given["baseline"]
         self.baseline = None if baseline is None else _check_number("baseline", baseline)
-        self.restore_best_weights = bool(restore_best_weights)
+        self.restore_best_weights = bool(given["restore_best_weights"])
+        start_from_epoch = given["start_from_epoch"]
         self.start_from_epoch = _check_int("start_from_epoch", start_from_epoch, minimum=0)
         self.verbose = verbose
         self.wait = 0
@@ -365,22 +443,9 @@ class SaveModel(TrackerCallback):
             "every": None,
             "name": None,
         }
-        if learn is not None and not isinstance(learn, Learner):
-            raise TypeError(f"learn must be a Learner, got {learn!r}")
-        if args and isinstance(args[0], Learner):
-            if learn is not None:
-                raise TypeError("SaveModel got the learner both positionally and as learn=")
-            learn, args = args[0], args[1:]
+        learn, args = _split_learner("SaveModel", args, learn)
         slots = _SAVE_V1_ARGS if learn is not None else _SAVE_V2_ARGS
-        if len(args) > len(slots):
-            raise TypeError(
-                f"SaveModel takes at most {len(slots)} positional arguments after the learner "
-                f"({', '.join(slots)}), got {len(args)}"
-            )
-        for slot, value in zip(slots, args):
-            if given[slot] != defaults[slot]:
-                raise TypeError(f"SaveModel got multiple values for argument {slot!r}")
-            given[slot] = value
+        _bind_positional("SaveModel", args, given, defaults, slots)
         # The v1 call is recognised by the learner passed first or by a v1-only keyword.
         self.v1 = learn is not None or given["every"] is not None or given["name"] is not None
         every, name = given["every"], given["name"]
