@@ -723,9 +723,10 @@ class ModelCheckpoint(TrackerCallback):
 class TerminateOnNaN(Callback):
     """Stops the fit at the first non-finite (NaN or infinite) training loss.
 
-    The loss is checked after every `after_loss` handler has run, before backward. On the CPU
-    (single process) each batch is checked at once, which costs nothing: the fit stops before
-    backward and step, so no step is taken on the bad loss and the weights stay finite.
+    The training loss as recorded (`learn.loss`, unaffected by loss scaling) is checked after
+    every `after_loss` handler has run, before backward. On the CPU (single process) each batch
+    is checked at once, which costs nothing: the fit stops before backward and step, so no
+    step is taken on the bad loss and the weights stay finite.
 
     On an accelerator (CUDA, MPS), or under torch.distributed, or with `check_every` set,
     reading a device value on the host each batch would stall the pipeline, so the check stays
@@ -770,7 +771,7 @@ class TerminateOnNaN(Callback):
 
     def before_backward(self) -> None:
         learn = self.learn
-        loss = learn.loss_grad.detach()
+        loss = learn.loss if isinstance(learn.loss, torch.Tensor) else torch.as_tensor(learn.loss)
         if self._on_device is None:
             self._on_device = (
                 self.check_every is not None or loss.device.type != "cpu" or is_distributed()
