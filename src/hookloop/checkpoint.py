@@ -327,6 +327,37 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
+def gathered_rng_state() -> dict[str, Any]:
+    """`rng_state()`; under torch.distributed every rank's, as `{'per_rank': [...]}` (one
+    all_gather, so every rank must call it)."""
+    from .distributed import is_distributed, world_size
+
+    state = rng_state()
+    if not (is_distributed() and world_size() > 1):
+        return state
+    import torch.distributed as dist
+
+    states: list[Any] = [None] * world_size()
+    dist.all_gather_object(states, state)
+    return {"per_rank": states}
+
+
+def _own_rng_state(state: dict[str, Any]) -> dict[str, Any]:
+    if "per_rank" not in state:
+        return state
+    from .distributed import rank
+
+    states = state["per_rank"]
+    if rank() >= len(states):
+        warnings.warn(
+            f"the checkpoint holds random states for {len(states)} rank(s), this is rank "
+            f"{rank()}; it takes rank 0's, so its random numbers differ from the original run",
+            stacklevel=3,
+        )
+        return states[0]
+    return states[rank()]
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what `rng_state()` returned."""
     random.setstate(state["python"])
@@ -366,6 +397,7 @@ def callback_states(cbs: list) -> dict[str, dict[str, Any]]:
         key: {
             "class": type(cb).__name__,
             "version": getattr(type(cb), "state_version", 1),
+            "rank_zero_only": bool(cb.rank_zero_only),
             "state": cb.state_dict(),
         }
         for key, cb in _keyed(cbs)
@@ -391,7 +423,14 @@ def load_callback_states(cbs: list, states: dict[str, dict[str, Any]]) -> None:
                 )
             state = migrate(cb, state, version)
         cb.load_state_dict(state)
-    lost = sorted(k for k, v in states.items() if k not in keys and v["state"])
+    from .distributed import rank
+
+    # Rank-zero-only callbacks (loggers) are missing on the other ranks by design.
+    lost = sorted(
+        k
+        for k, v in states.items()
+        if k not in keys and v["state"] and not (v.get("rank_zero_only") and rank() != 0)
+    )
     if lost:
         warnings.warn(
             f"the checkpoint holds state for callbacks that are not attached now: "
@@ -419,8 +458,11 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return unwrap_model(model)
 
 
-def training_state(learn: Learner, epoch: int, iter: int) -> dict[str, Any]:
-    """The parts of a checkpoint that resumes `learn` at batch `iter` of `epoch`."""
+def training_state(
+    learn: Learner, epoch: int, iter: int, rng: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The parts of a checkpoint that resumes `learn` at batch `iter` of `epoch` (`rng`: the
+    random states to save, default this process's)."""
     model = _unwrap(learn.model)
     target = position_target(learn.dls.train)
     parts: dict[str, Any] = {
@@ -436,7 +478,7 @@ def training_state(learn: Learner, epoch: int, iter: int) -> dict[str, Any]:
                 "n_epoch": learn.n_epoch,
             },
             "data": {"seed": getattr(target[0], "seed", None) if target else None},
-            "rng": rng_state(),
+            "rng": rng if rng is not None else rng_state(),
         },
     }
     # Gradients exist between optimizer steps only while they accumulate over several batches.
@@ -450,9 +492,18 @@ def save_checkpoint(
     learn: Learner, directory: str | os.PathLike, epoch: int, iter: int, keep: int | None = 2
 ) -> Path:
     """Write the checkpoint that resumes `learn` at batch `iter` of `epoch` into `directory`,
-    then delete all but the `keep` newest (only now that the new one is complete)."""
+    then delete all but the `keep` newest (only now that the new one is complete).
+
+    Under torch.distributed call it on every rank: their random states are gathered, and rank 0
+    writes.
+    """
+    from .distributed import rank
+
     path = Path(directory) / checkpoint_name(epoch, iter)
-    write_checkpoint(path, training_state(learn, epoch, iter), epoch, iter, learn.train_iter)
+    rng = gathered_rng_state()
+    if rank() != 0:
+        return path
+    write_checkpoint(path, training_state(learn, epoch, iter, rng), epoch, iter, learn.train_iter)
     if keep is not None:
         prune_checkpoints(directory, keep)
     return path
@@ -530,7 +581,7 @@ class Checkpoint:
             obj, unit = position_target(learn.dls.train)
             obj.start = self.iter * unit
             learn._skip = self.iter
-        set_rng_state(self.parts["state"]["rng"])
+        set_rng_state(_own_rng_state(self.parts["state"]["rng"]))
 
 
 __all__ = [
@@ -550,5 +601,6 @@ __all__ = [
     "save_checkpoint",
     "training_state",
     "rng_state",
+    "gathered_rng_state",
     "set_rng_state",
 ]

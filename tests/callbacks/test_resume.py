@@ -401,3 +401,76 @@ def test_lr_find_neither_restores_nor_replaces_nor_deletes_the_backups(tmp_path)
     assert {p.name: (p / "model.pt").read_bytes() for p in list_checkpoints(backup)} == before
     learn.fit(2)
     assert learn.backup_and_restore.restored_from.name == "ckpt-e000001-i00000000"
+
+
+# ---- two processes under torch.distributed -------------------------------------------------
+
+
+def _ddp_learner(rank_: int, folder: Path, cbs) -> Learner:
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(48, 4, generator=g), torch.randint(0, 2, (48,), generator=g)
+    dls = DataLoaders.from_tensors(x[:32], y[:32], valid=(x[32:], y[32:]), bs=4, seed=2)
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 2))
+    learn = Learner(model, dls, nn.CrossEntropyLoss(), cbs=cbs, device="cpu", path=folder)
+    learn.remove_cb(learn.progress_bar)
+    learn.logger = lambda line: None
+    torch.manual_seed(100 + rank_)  # each rank draws its own dropout masks
+    return learn
+
+
+def _ddp_resume_scenario(rank_: int, folder: Path) -> None:
+    reference = _ddp_learner(rank_, folder, [])
+    reference.fit(2)
+    backup = folder / "backup"
+    with pytest.raises(Crash):
+        _ddp_learner(rank_, folder, [BackupAndRestore(backup, save_freq=3), CrashAt(6)]).fit(2)
+    resumed = _ddp_learner(rank_, folder, [BackupAndRestore(backup, save_freq=3)])
+    resumed.fit(2)
+    result = {
+        "restored_from": resumed.backup_and_restore.restored_from.name,
+        "equal": all(
+            torch.equal(a, b)
+            for a, b in zip(
+                reference.model.state_dict().values(), resumed.model.state_dict().values()
+            )
+        ),
+    }
+    (folder / f"result{rank_}.json").write_text(json.dumps(result))
+
+
+def _ddp_child(rank_: int, port: int, folder: Path) -> None:
+    import os
+    import traceback
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank_), WORLD_SIZE="2"
+    )
+    torch.set_num_threads(1)
+    try:
+        _ddp_resume_scenario(rank_, folder)
+    except BaseException:
+        (folder / f"error{rank_}.txt").write_text(traceback.format_exc())
+        os._exit(1)
+    os._exit(0)
+
+
+def test_resume_under_two_ranks_restores_each_ranks_random_state(tmp_path):
+    import multiprocessing
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_ddp_child, args=(r, port, tmp_path)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    errors = "".join(f.read_text() for f in tmp_path.glob("error*.txt"))
+    assert [p.exitcode for p in procs] == [0, 0], errors
+    for r in range(2):
+        result = json.loads((tmp_path / f"result{r}.json").read_text())
+        # 4 batches of 4 per rank and epoch: the backup after batch 3, then batch 6 crashes.
+        assert result == {"restored_from": "ckpt-e000000-i00000003", "equal": True}

@@ -225,7 +225,7 @@ class BackupAndRestore(_Restore):
         super().before_fit()
 
     def _backup(self, epoch: int, iter: int) -> None:
-        if self._active and is_rank_zero():
+        if self._active:  # on every rank: save_checkpoint gathers their random states
             save_checkpoint(self.learn, self.backup_dir, epoch, iter, keep=self.keep)
 
     def _backup_every_n(self) -> None:
