@@ -55,3 +55,14 @@ def test_logger_is_restored_after_fit():
     before = learn.logger
     learn.fit(1)
     assert learn.logger is before
+
+
+def test_a_custom_logger_receives_the_table_lines_also_under_a_drawn_bar(capsys):
+    lines = []
+    learn = tiny_learner()
+    learn.logger = lines.append
+    learn.remove_cb(learn.progress_bar)
+    learn.add_cb(ProgressBar(show_bar=True))
+    learn.fit(2)
+    assert [line.split()[0] for line in lines] == ["epoch", "0", "1"]
+    assert "epoch 0 train" in capsys.readouterr().err

@@ -96,14 +96,13 @@ class ProgressBar(Callback):
         if self._bar_cls is None:
             self._bar_cls = _LossBar
         self._old_logger = self.learn.logger
-        if self._old_logger is not no_log:  # learn.no_logging() keeps the table silent
+        if self._draw and self._bar_cls is _LossBar:
+            # Lines printed under a terminal bar would tear it: clear the bar around each line.
             self.learn.logger = self._write
 
     def _write(self, line: str) -> None:
-        if self._draw and self._bar_cls is _LossBar:
-            tqdm.write(line)
-        else:
-            print(line, flush=True)
+        with tqdm.external_write_mode():
+            self._old_logger(line)
 
     def _open(self, desc: str, loss_fn: Any) -> None:
         if not self._draw:
