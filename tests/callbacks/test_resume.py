@@ -474,3 +474,9 @@ def test_resume_under_two_ranks_restores_each_ranks_random_state(tmp_path):
         result = json.loads((tmp_path / f"result{r}.json").read_text())
         # 4 batches of 4 per rank and epoch: the backup after batch 3, then batch 6 crashes.
         assert result == {"restored_from": "ckpt-e000000-i00000003", "equal": True}
+
+
+def test_keras_keywords_delete_checkpoint_and_double_checkpoint(tmp_path):
+    cb = BackupAndRestore(tmp_path, delete_checkpoint=False, double_checkpoint=False)
+    assert (cb.delete_on_success, cb.keep) == (False, 1)
+    assert BackupAndRestore(tmp_path, keep=1, double_checkpoint=True).keep == 2

@@ -180,6 +180,8 @@ class BackupAndRestore(_Restore):
         keep: number of complete backups kept; an older one is deleted only once a newer one
             is complete.
         delete_on_success: delete the backups when fit ends without an exception.
+        delete_checkpoint: Keras's name for `delete_on_success` (wins when given).
+        double_checkpoint: Keras's switch between `keep=2` (True) and `keep=1` (False).
     """
 
     def __init__(
@@ -188,8 +190,15 @@ class BackupAndRestore(_Restore):
         save_freq: str | int = "epoch",
         keep: int = 2,
         delete_on_success: bool = True,
+        *,
+        delete_checkpoint: bool | None = None,
+        double_checkpoint: bool | None = None,
     ) -> None:
         super().__init__()
+        if delete_checkpoint is not None:
+            delete_on_success = delete_checkpoint
+        if double_checkpoint is not None:
+            keep = 2 if double_checkpoint else 1
         if not isinstance(backup_dir, (str, os.PathLike)):
             raise TypeError(f"backup_dir must be a path, got {backup_dir!r}")
         if save_freq != "epoch" and (
