@@ -665,18 +665,25 @@ class Learner:
         callbacks: Any = None,
         resume: str | Path | None = None,
         max_lr: float | slice | None = None,
+        div_factor: float | None = None,
+        final_div: float | None = None,
+        tot_epochs: int | None = None,
+        start_epoch: int | None = None,
     ) -> Any:
         """fastai's 1cycle: lr rises (cosine) from lr_max/div to lr_max over pct_start, then
         falls to lr_max/div_final; momentum moves the other way. lr_max=None uses learn.lr.
-        fastai v1 spellings: `max_lr=` for lr_max, `moms=(0.95, 0.85)` for (0.95, 0.85, 0.95)."""
-        from .callbacks.schedule import ParamScheduler, one_cycle_scheds
+        fastai v1 spellings: `max_lr=` for lr_max, `div_factor=` for div, `final_div=` for
+        div_final, `moms=(0.95, 0.85)` for (0.95, 0.85, 0.95); `tot_epochs=T, start_epoch=s`
+        runs epochs s .. s+n_epoch of a cycle T epochs long."""
+        from .callbacks.schedule import ParamScheduler, one_cycle_scheds, window_scheds
 
         self._check_fit_args(n_epoch)
-        if max_lr is not None:
-            if lr_max is not None:
-                raise ValueError("fit_one_cycle: give lr_max or max_lr (fastai v1), not both")
-            lr_max = max_lr
+        lr_max = _one_of("lr_max", lr_max, "max_lr", max_lr, None)
+        div = _one_of("div", div, "div_factor", div_factor, 25.0)
+        div_final = _one_of("div_final", div_final, "final_div", final_div, 1e5)
         scheds = one_cycle_scheds(self, lr_max, div, div_final, pct_start, moms)
+        if tot_epochs is not None or start_epoch is not None:
+            scheds = window_scheds(scheds, n_epoch, tot_epochs, start_epoch)
         cbs = [ParamScheduler(scheds), *_listify(cbs)]
         return self.fit(n_epoch, wd=wd, cbs=cbs, callbacks=callbacks, resume=resume)
 
@@ -753,6 +760,15 @@ def _set_epoch(dl: Any, epoch: int) -> None:
     sampler = getattr(dl, "sampler", None)
     if sampler is not None and hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)
+
+
+def _one_of(name: str, value: Any, v1_name: str, v1_value: Any, default: Any) -> Any:
+    # fastai v1 keyword beside the v2 one: the v1 value wins when the v2 one is left at default.
+    if v1_value is None:
+        return value
+    if value != default:
+        raise ValueError(f"give {name} or {v1_name} (fastai v1), not both")
+    return v1_value
 
 
 def _listify(o: Any) -> list:

@@ -164,6 +164,40 @@ def one_cycle_scheds(
     return scheds
 
 
+class Window:
+    """Positions [start, start + length] of `sched` stretched over a whole fit (0 to 1)."""
+
+    def __init__(self, sched: Callable[[float], Any], start: float, length: float) -> None:
+        self.sched, self.start, self.length = sched, start, length
+
+    def __call__(self, pos: float) -> Any:
+        return self.sched(self.start + pos * self.length)
+
+    def __repr__(self) -> str:
+        return f"Window({self.sched!r}, start={self.start}, length={self.length})"
+
+
+def window_scheds(
+    scheds: dict[str, Callable],
+    n_epoch: int,
+    tot_epochs: int | None = None,
+    start_epoch: int | None = None,
+) -> dict[str, Callable]:
+    """fastai v1's `tot_epochs`/`start_epoch`: a fit of n_epoch runs epochs start_epoch ..
+    start_epoch + n_epoch of schedules that span tot_epochs (default n_epoch)."""
+    total = n_epoch if tot_epochs is None else tot_epochs
+    start = 0 if start_epoch is None else start_epoch
+    for name, v in (("tot_epochs", total), ("start_epoch", start)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"fit_one_cycle: {name} must be an int >= 0, got {v!r}")
+    if start + n_epoch > total:
+        raise ValueError(
+            f"fit_one_cycle: start_epoch + n_epoch ({start} + {n_epoch}) exceeds "
+            f"tot_epochs ({total})"
+        )
+    return {k: Window(s, start / total, n_epoch / total) for k, s in scheds.items()}
+
+
 def flat_cos_scheds(
     learn: Learner,
     lr: float | slice | None = None,
@@ -449,6 +483,8 @@ __all__ = [
     "ReduceLROnPlateauCallback",
     "one_cycle_scheds",
     "flat_cos_scheds",
+    "window_scheds",
+    "Window",
     "sgdr_scheds",
     "sgdr_n_epoch",
     "log_learning_rate",
