@@ -29,8 +29,21 @@ def keras_name(name: str) -> str:
     return f"val_{name}"
 
 
-class History:
-    """What `fit` returns, as in Keras: `.history` (key -> per-epoch list), `.epoch`, `.params`."""
+class History(Callback):
+    """What `fit` returns, as in Keras: `.history` (key -> per-epoch list), `.epoch`, `.params`.
+
+    `fit` builds one per fit (through the Recorder). Keras code that passes its own instance
+    as a callback gets it filled the same way, as Keras' History callback does.
+
+    Example:
+        history = History()
+        learn.fit(3, cbs=history)
+        history.history["val_loss"]   # 3 values, as in the History that fit returns
+
+    Args:
+        params: the fit's parameters (`epochs`, `steps`, `verbose`); set by fit when passed
+            as a callback.
+    """
 
     def __init__(self, params: dict | None = None) -> None:
         self.history: dict[str, list[float]] = {}
@@ -41,6 +54,13 @@ class History:
         self.epoch.append(epoch)
         for k, v in logs.items():
             self.history.setdefault(k, []).append(v)
+
+    # Keras' History callback: `epoch` restarts each fit, `history` keeps growing (as Keras).
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.epoch = []
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.append(epoch, dict(logs or {}))
 
     def __repr__(self) -> str:
         return f"History(epochs={self.epoch}, keys={list(self.history)})"
