@@ -559,9 +559,12 @@ class Learner:
         with torch.no_grad():
             self._run(self._all_batches, "validate")
 
-    def validate(self, dl: Any = None) -> dict[str, float]:
-        """Run the validation phase on `dl` (default: dls.valid); returns valid_loss and metrics."""
-        self._eval_run(dl)
+    def validate(self, dl: Any = None, cbs: Any = None, callbacks: Any = None) -> dict[str, float]:
+        """Run the validation phase on `dl` (default: dls.valid); returns valid_loss and metrics.
+
+        `cbs` (or Keras' `callbacks`, as in `model.evaluate`) run for this call only."""
+        with self.added_cbs(_listify(cbs) + _listify(callbacks)):
+            self._eval_run(dl)
         return dict(self.recorder.last_validation)
 
     def get_preds(
@@ -570,12 +573,16 @@ class Learner:
         with_input: bool = False,
         with_loss: bool = False,
         act: Callable | None = None,
+        cbs: Any = None,
+        callbacks: Any = None,
     ) -> tuple:
-        """Predictions on `dl` (default: dls.valid): `(preds, targs[, inputs][, losses])`."""
+        """Predictions on `dl` (default: dls.valid): `(preds, targs[, inputs][, losses])`.
+
+        `cbs` (or Keras' `callbacks`, as in `model.predict`) run for this call only."""
         from .callbacks.recorder import GatherPreds
 
         gather = GatherPreds(with_input=with_input, with_loss=with_loss)
-        with self.added_cbs(gather):
+        with self.added_cbs([gather, *_listify(cbs), *_listify(callbacks)]):
             self._eval_run(dl)
         preds = gather.preds()
         if act is not None:
@@ -609,8 +616,14 @@ class Learner:
         return atomic_save(state, path)
 
     def load(self, name: str | Path, with_opt: bool = True, strict: bool = True) -> Learner:
-        """Load what `save` wrote (or a bare state dict), with `torch.load(weights_only=True)`."""
-        state = safe_load(self._file(name), map_location=self.device)
+        """Load what `save` wrote (or a bare state dict), with `torch.load(weights_only=True)`.
+
+        `name` is looked up as `save` writes it (`path/model_dir/name.pth`); failing that, an
+        existing file named as given (a Keras `ModelCheckpoint` path) is loaded."""
+        file = self._file(name)
+        if not file.exists() and Path(name).is_file():
+            file = Path(name)
+        state = safe_load(file, map_location=self.device)
         model_state = (
             state["model"] if "model" in state and isinstance(state["model"], dict) else state
         )
