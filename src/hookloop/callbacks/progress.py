@@ -68,18 +68,36 @@ class ProgressBar(Callback):
     On a terminal or in a notebook the bar is drawn; elsewhere (logs, CI) only the table lines
     are printed. The smoothed loss shown on the bar is read only when the bar redraws.
 
+    Keras code that passes `ProgbarLogger()` to `fit` gets one bar, not two: of several
+    attached bars only the one added last draws and prints.
+
     Args:
         mininterval: minimum seconds between redraws (tqdm's `mininterval`).
         leave: keep each finished bar on screen.
         show_bar: force the bar on (True) or off (False); None decides from the output.
+        count_mode, stateful_metrics: Keras 2's ProgbarLogger arguments; the bar counts
+            batches ('steps'), and 'samples' is accepted as well.
     """
 
     order = 60
     rank_zero_only = True
 
     def __init__(
-        self, mininterval: float = 0.1, leave: bool = False, show_bar: bool | None = None
+        self,
+        mininterval: float = 0.1,
+        leave: bool = False,
+        show_bar: bool | None = None,
+        count_mode: str = "steps",
+        stateful_metrics: Any = None,
     ) -> None:
+        if isinstance(mininterval, str):  # Keras 2: ProgbarLogger('steps')
+            mininterval, count_mode = 0.1, mininterval
+        if count_mode not in ("steps", "samples"):
+            raise ValueError(f"count_mode must be 'steps' or 'samples', got {count_mode!r}")
+        if not isinstance(mininterval, (int, float)) or mininterval < 0:
+            raise ValueError(f"mininterval must be a number of seconds >= 0, got {mininterval!r}")
+        self.count_mode = count_mode
+        self.stateful_metrics = stateful_metrics
         self.mininterval = mininterval
         self.leave = leave
         self.show_bar = show_bar
@@ -87,6 +105,10 @@ class ProgressBar(Callback):
         self._old_logger: Any = None
 
     def before_fit(self) -> None:
+        cbs = self.learn.cbs
+        if any(isinstance(c, ProgressBar) for c in cbs[cbs.index(self) + 1 :]):
+            self._draw = False  # a bar added later (Keras' ProgbarLogger in fit) takes over
+            return
         notebook = in_notebook()
         self._bar_cls = _notebook_bar_class() if notebook else _LossBar
         if self.show_bar is not None:
