@@ -109,18 +109,24 @@ def _matches(ref: Any, cb: Callback) -> bool:
     return ref in (type(cb).__name__, cb.name)
 
 
+def _refs(refs: Any) -> tuple:
+    # fastai writes `run_before = Recorder` as often as `run_before = (Recorder,)`.
+    return (refs,) if isinstance(refs, (type, str)) else tuple(refs)
+
+
 def sort_callbacks(cbs: Iterable[Callback]) -> list[Callback]:
     """Stable topological sort on run_before/run_after; ties go by `order`, then insertion."""
     cbs = list(cbs)
     n = len(cbs)
     succ: list[set[int]] = [set() for _ in range(n)]
     for i, cb in enumerate(cbs):
+        before, after = _refs(cb.run_before), _refs(cb.run_after)
         for j, other in enumerate(cbs):
             if i == j:
                 continue
-            if any(_matches(r, other) for r in cb.run_before):
+            if any(_matches(r, other) for r in before):
                 succ[i].add(j)
-            if any(_matches(r, other) for r in cb.run_after):
+            if any(_matches(r, other) for r in after):
                 succ[j].add(i)
     indeg = [0] * n
     for i in range(n):
