@@ -441,6 +441,11 @@ class Learner:
         self("after_loss")
         if not self._training or not self.yb:
             return
+        if getattr(self.loss, "requires_grad", False):
+            # The fastai book's callbacks add a penalty to learn.loss (`self.learn.loss += ...`);
+            # learn.loss is detached, so carry the change and its gradient into loss_grad.
+            self.loss_grad = self.loss + (self.loss_grad - self.loss_grad.detach())
+            self.loss = self.loss.detach()
         self._with_events(self._do_backward, "backward")
         self._with_events(self._do_step, "step")
         self.opt.zero_grad()

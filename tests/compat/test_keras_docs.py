@@ -73,9 +73,7 @@ def test_fit_returns_a_history_of_epoch_averages_and_the_fit_params():
     for epoch in (0, 1):
         part = batches[3 * epoch : 3 * epoch + 3]  # 3 equal batches of 16
         assert my_history.history["loss"][epoch] == pytest.approx(sum(b[0] for b in part) / 3)
-        assert my_history.history["accuracy"][epoch] == pytest.approx(
-            sum(b[1] for b in part) / 48
-        )
+        assert my_history.history["accuracy"][epoch] == pytest.approx(sum(b[1] for b in part) / 48)
 
 
 def test_a_history_passed_as_a_callback_collects_the_same_logs():
@@ -319,7 +317,7 @@ def test_lambda_callback_doc_examples(tmp_path, capsys):
     batch_print_callback = hl.LambdaCallback(on_train_batch_begin=lambda batch, logs: print(batch))
 
     # Stream the epoch loss to a file in JSON format.
-    json_log = open("loss_log.json", mode="wt", buffering=1)
+    json_log = open("loss_log.json", mode="wt", buffering=1)  # noqa: UP015 (as in the docs)
     json_logging_callback = hl.LambdaCallback(
         on_epoch_end=lambda epoch, logs: json_log.write(
             json.dumps({"epoch": epoch, "loss": logs["loss"]}) + "\n"
@@ -379,7 +377,9 @@ def test_learning_rate_scheduler_with_one_argument_sets_each_epochs_lr():
 def test_model_checkpoint_writes_one_file_per_epoch_named_from_epoch_and_val_loss(tmp_path):
     learn = classifier()
     history = learn.fit(3, callbacks=[hl.ModelCheckpoint("weights.{epoch:02d}-{val_loss:.2f}.h5")])
-    expected = [f"weights.{e + 1:02d}-{v:.2f}.h5" for e, v in enumerate(history.history["val_loss"])]
+    expected = [
+        f"weights.{e + 1:02d}-{v:.2f}.h5" for e, v in enumerate(history.history["val_loss"])
+    ]
     assert sorted(p.name for p in tmp_path.glob("weights.*")) == expected
     last = torch.load(tmp_path / expected[-1], weights_only=True)
     assert torch.equal(last["model"]["weight"], learn.model.weight.detach())
@@ -493,7 +493,9 @@ def test_remote_monitor_posts_each_epochs_logs(http_server):
     learn = classifier()
     history = learn.fit(2, callbacks=[monitor])
     assert [path for path, _ in http_server.received] == ["/publish/epoch/end/"] * 2
-    posted = [json.loads(urllib.parse.parse_qs(body)["data"][0]) for _, body in http_server.received]
+    posted = [
+        json.loads(urllib.parse.parse_qs(body)["data"][0]) for _, body in http_server.received
+    ]
     assert [p["epoch"] for p in posted] == [0, 1]
     assert [p["val_accuracy"] for p in posted] == pytest.approx(history.history["val_accuracy"])
     assert [p["loss"] for p in posted] == pytest.approx(history.history["loss"])
