@@ -13,6 +13,7 @@ from .callbacks.logging import (
 )
 from .callbacks.lr_finder import LRFinder, SuggestionMethod, minimum, slide, steep, valley
 from .callbacks.mixup import CutMix, MixUp
+from .callbacks.profiler import Profiler
 from .callbacks.progress import ProgbarLogger, ProgressBar
 from .callbacks.recorder import History, Recorder, TrainEval
 from .callbacks.resume import BackupAndRestore, ResumableSampler
@@ -93,6 +94,7 @@ __all__ = [
     "class_to_name",
     "ProgbarLogger",
     "ProgressBar",
+    "Profiler",
     "History",
     "Recorder",
     "TrainEval",

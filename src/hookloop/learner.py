@@ -318,10 +318,16 @@ class Learner:
         # Precompute, per phase and event, the handlers to call; rebuilt only when cbs change.
         self.cbs = sort_callbacks(self.cbs)
         on_this_rank = [c for c in self.cbs if not (c.rank_zero_only and rank() != 0)]
-        self._tables = {
+        tables = {
             "train": build_dispatch(on_this_rank, "train"),
             "valid": build_dispatch(on_this_rank, "valid"),
         }
+        # A callback may rewrite the tables (Profiler wraps every handler in a timer); the
+        # wrapping lives only as long as that callback is attached.
+        for cb in on_this_rank:
+            if hasattr(type(cb), "wrap_dispatch"):
+                tables = cb.wrap_dispatch(tables)
+        self._tables = tables
         self._handlers = self._tables["train" if self._training else "valid"]
 
     def show_loop(self) -> str:
@@ -598,6 +604,16 @@ class Learner:
         if with_loss:
             out.append(gather.losses())
         return tuple(out)
+
+    def profile(self, n_epoch: int = 1, **fit_kwargs: Any) -> Any:
+        """`fit` with a `Profiler` for this fit only: prints the time per callback and event,
+        returns the Profiler (its `stats` and `table()`)."""
+        from .callbacks.profiler import Profiler
+
+        profiler = Profiler()
+        cbs = _listify(fit_kwargs.pop("cbs", None)) + [profiler]
+        self.fit(n_epoch, cbs=cbs, **fit_kwargs)
+        return profiler
 
     def _file(self, name: str | Path) -> Path:
         name = Path(name)
