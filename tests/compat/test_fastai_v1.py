@@ -59,6 +59,7 @@ def test_lr_find_then_recorder_plot_draws_loss_against_a_log_lr_axis(data, model
     assert list(xs) == pytest.approx(lrs[10:-5])
     assert lrs[0] == pytest.approx(1e-7)
     assert torch.equal(learn.model.weight, before)  # lr_find restores the weights
+    assert fig._repr_png_().startswith(b"\x89PNG")  # a notebook draws it as the cell's value
 
 
 def test_fit_one_cycle_then_plot_lr_with_moms_draws_both_schedules(data, model):

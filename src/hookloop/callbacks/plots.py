@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,11 +23,24 @@ def _finish(fig: Figure, fname: str | Path | None) -> Figure:
     return fig
 
 
-def _new_figure(nrows: int = 1, ncols: int = 1, figsize: tuple | None = None) -> tuple:
-    # matplotlib.figure.Figure, not pyplot: no global state, nothing pops up by itself.
+@functools.cache
+def figure_class() -> type:
+    """matplotlib's Figure that a notebook draws when it is a cell's value (`_repr_png_`).
+
+    Plots are built on `matplotlib.figure.Figure`, not pyplot (no global state, nothing pops up
+    by itself), and a bare Figure shows in Jupyter only as `<Figure size ...>` text.
+    """
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=figsize or (6 * ncols, 4 * nrows))
+    class NotebookFigure(Figure):
+        def _repr_png_(self) -> bytes:
+            return figure_png(self)
+
+    return NotebookFigure
+
+
+def _new_figure(nrows: int = 1, ncols: int = 1, figsize: tuple | None = None) -> tuple:
+    fig = figure_class()(figsize=figsize or (6 * ncols, 4 * nrows))
     axs = [fig.add_subplot(nrows, ncols, i + 1) for i in range(nrows * ncols)]
     return fig, axs
 
@@ -204,5 +218,6 @@ __all__ = [
     "plot_metrics",
     "plot",
     "figure_png",
+    "figure_class",
     "show_in_notebook",
 ]

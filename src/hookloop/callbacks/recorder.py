@@ -367,10 +367,10 @@ class Recorder(Callback):
         self, skip_start: int = 5, with_valid: bool = True, fname: str | Path | None = None
     ) -> Any:
         """Plot training (raw and smoothed) and validation losses; save a PNG if `fname`."""
-        from matplotlib.figure import Figure
+        from .plots import figure_class
 
         self._flush()
-        fig = Figure(figsize=(6, 4))
+        fig = figure_class()(figsize=(6, 4))
         ax = fig.add_subplot()
         skip = min(skip_start, max(len(self.losses) - 1, 0))
         xs = list(range(skip, len(self.losses)))
