@@ -140,3 +140,27 @@ def test_save_model_callback_every_epoch_writes_bestmodel_1_to_3(data, model, tm
     assert names == ["bestmodel_1.pth", "bestmodel_2.pth", "bestmodel_3.pth"]
     last = torch.load(tmp_path / "models" / "bestmodel_3.pth", weights_only=True)["model"]
     assert torch.equal(last["weight"], learn.model.weight.detach())
+
+
+def test_recorder_plot_after_a_fit_draws_the_losses(data, model):
+    learn = Learner(data, model, metrics=[accuracy])
+    learn.fit(2)
+    (ax,) = learn.recorder.plot().axes
+    assert ax.get_xlabel() == "training batch"
+    assert ax.get_ylabel() == "loss"
+
+
+def test_save_model_callback_every_improvement_writes_bestmodel_and_loads_it(data, model, tmp_path):
+    weights = []
+
+    class Keep(Callback):
+        def after_epoch(self):
+            weights.append(self.learn.model.weight.detach().clone())
+
+    learn = Learner(data, model, metrics=accuracy, lr=1e-1)
+    save = SaveModelCallback(learn, every="improvement", monitor="valid_loss")
+    learn.fit(3, callbacks=[Keep(), save])
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["bestmodel.pth"]
+    losses = [row["valid_loss"] for row in learn.recorder.rows]
+    best = losses.index(min(losses))
+    assert torch.equal(learn.model.weight, weights[best])
