@@ -129,7 +129,9 @@ class TensorLoader:
         else:
             for i in range(begin, min(stop, n), bs):
                 idx = perm[i : i + bs]
-                yield tuple(t[idx] for t in ts)
+                # index_select gives what t[idx] gives, without Python's indexing machinery
+                # (about half the time per tensor on a small batch).
+                yield tuple([t.index_select(0, idx) for t in ts])
 
     def _iter_shard(self) -> Iterator[tuple[torch.Tensor, ...]]:
         order = self.order()
