@@ -9,6 +9,7 @@ from torch import nn
 import hookloop.learner
 from conftest import tiny_learner
 from hookloop import Callback, DataLoaders, Learner, accuracy
+from hookloop.data import on_device
 from hookloop.events import EVENTS
 
 # Calls that copy a tensor's value to the host (a device sync on CUDA).
@@ -220,10 +221,16 @@ def test_batches_from_a_loader_on_the_learners_device_are_not_moved_again(monkey
     assert calls == []
 
 
-def test_batches_from_a_loader_that_names_no_device_are_moved_one_by_one(monkeypatch):
+def test_a_loader_whose_first_batch_is_on_the_device_is_not_moved(monkeypatch):
     learn = tiny_learner(n_train=8, n_valid=4, bs=4)
     batches = list(learn.dls.train)  # a plain list of 2 batches has no `device`
     learn.dls = DataLoaders(batches, list(learn.dls.valid))
     calls = count_moves(monkeypatch)
     learn.fit(1)
-    assert len(calls) == 3  # 2 training batches + 1 validation batch
+    assert calls == []  # the first batch of each phase was checked, and it was already there
+
+
+def test_on_device_sees_a_nested_tensor_that_is_elsewhere():
+    cpu = torch.device("cpu")
+    assert on_device((torch.zeros(2), [torch.zeros(1)], {"m": torch.zeros(1)}), cpu)
+    assert not on_device((torch.zeros(2), [torch.zeros(1, device="meta")]), cpu)

@@ -271,6 +271,17 @@ def to_device(b: Any, device: torch.device) -> Any:
     return b
 
 
+def on_device(b: Any, device: torch.device) -> bool:
+    """True when every tensor in the (possibly nested) batch `b` is already on `device`."""
+    if isinstance(b, torch.Tensor):
+        return b.device == device
+    if isinstance(b, (tuple, list)):
+        return all(on_device(o, device) for o in b)
+    if isinstance(b, dict):
+        return all(on_device(v, device) for v in b.values())
+    return True
+
+
 def find_bs(b: Any) -> int:
     """The batch size of a batch: the first dimension of its first tensor."""
     if isinstance(b, torch.Tensor):
@@ -282,4 +293,4 @@ def find_bs(b: Any) -> int:
     return len(b)
 
 
-__all__ = ["DataLoaders", "TensorLoader", "to_device", "find_bs"]
+__all__ = ["DataLoaders", "TensorLoader", "to_device", "on_device", "find_bs"]

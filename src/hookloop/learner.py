@@ -16,7 +16,7 @@ from torch import nn
 from .callback import Callback, build_dispatch, sort_callbacks, warn_legacy_names
 from .callbacks.lr_finder import valley
 from .checkpoint import atomic_save, safe_load
-from .data import DataLoaders, find_bs, to_device
+from .data import DataLoaders, find_bs, on_device, to_device
 from .distributed import local_rank, rank, rank_zero_print
 from .events import (
     CancelBackwardException,
@@ -376,8 +376,10 @@ class Learner:
 
     def _with_events(self, body: Callable[[], None], level: str) -> None:
         before, after_cancel, after, cancel = _LEVELS[level]
+        # An event nobody handles costs one lookup: its tuple is empty, so no call is made.
         try:
-            self(before)
+            if self._handlers[before]:
+                self(before)
             body()
         except cancel:
             self(after_cancel)
@@ -387,7 +389,8 @@ class Learner:
                 e.hookloop_level = level
                 e.hookloop_training = self._training
             raise
-        self(after)
+        if self._handlers[after]:  # read again: the body may have switched phase tables
+            self(after)
 
     def _do_fit(self) -> None:
         for epoch in range(self.epoch, self.n_epoch):
@@ -418,10 +421,13 @@ class Learner:
         self.n_iter = len(self.dl)
         # A mid-epoch resume starts at batch `_skip`; the loader was told to skip as many.
         start, self._skip = self._skip, 0
-        # A loader that makes its batches on our device (TensorLoader.device) needs no move.
+        # A loader that makes its batches on our device (TensorLoader.device) needs no move;
+        # nor does one whose first batch is already there: a loader yields all on one device.
         move = getattr(self.dl, "device", None) != self.device
         for i, b in enumerate(self.dl, start):
             self.iter = i
+            if move and i == start:
+                move = not on_device(b, self.device)
             self._one_batch(to_device(b, self.device) if move else b)
 
     def _one_batch(self, b: Any) -> None:
@@ -434,7 +440,8 @@ class Learner:
 
     def _do_one_batch(self) -> None:
         self.pred = self.model(*self.xb)
-        self("after_pred")
+        if self._handlers["after_pred"]:
+            self("after_pred")
         if self.yb:
             loss = self.loss_func(self.pred, *self.yb)
             if getattr(loss, "ndim", None) != 0:
@@ -444,7 +451,8 @@ class Learner:
                 )
             # loss_grad is what backward uses; loss is the detached value for logging.
             self.loss_grad, self.loss = loss, loss.detach()
-        self("after_loss")
+        if self._handlers["after_loss"]:
+            self("after_loss")
         if not self._training or not self.yb:
             return
         if getattr(self.loss, "requires_grad", False):

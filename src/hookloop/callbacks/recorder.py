@@ -243,17 +243,25 @@ class Recorder(Callback):
             m.reset()
 
     def after_batch(self) -> None:
+        # Runs for every batch: appends only, no device reads (see _flush).
         learn = self.learn
-        if learn.loss is None:
+        loss = learn.loss
+        if loss is None:
             return
         if learn._training:
-            self._pending.append(learn.loss)
-            self._batch_bs.append(find_bs(learn.yb if learn.yb else learn.xb))
+            self._pending.append(loss)
+            b = learn.yb or learn.xb
+            first = b[0]
+            # The common batch is a tuple of tensors: read its size without find_bs's walk.
+            bs = first.shape[0] if type(first) is torch.Tensor and first.ndim else find_bs(b)
+            self._batch_bs.append(bs)
             group = learn.opt.param_groups[-1]
-            self.hps["lr"].append(group["lr"])
-            if self._mom_key is not None:
-                mom = group[self._mom_key]
-                self.hps["mom"].append(mom[0] if self._mom_key == "betas" else mom)
+            hps = self.hps
+            hps["lr"].append(group["lr"])
+            mom_key = self._mom_key
+            if mom_key is not None:
+                mom = group[mom_key]
+                hps["mom"].append(mom[0] if mom_key == "betas" else mom)
             for m in self._train_mets:
                 m.accumulate(learn)
         else:
