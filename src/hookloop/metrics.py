@@ -88,36 +88,18 @@ class AvgMetric(Metric):
         return self._name
 
 
-class AvgLoss(Metric):
+class AvgLoss(AvgMetric):
     """Average of `learn.loss` over an epoch, weighted by batch size."""
 
     higher_is_better = False
 
     def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.vals: list = []
-        self.counts: list[int] = []
+        super().__init__(func=lambda pred, *yb: None, name="loss")
 
     def accumulate(self, learn: Any) -> None:
+        # The loss is already computed: record it instead of calling a metric function.
         self.vals.append(learn.loss)
         self.counts.append(find_bs(learn.yb if learn.yb else learn.xb))
-
-    def state_dict(self) -> dict:
-        """The running values, so a mid-epoch resume continues the average."""
-        return {"vals": list(self.vals), "counts": list(self.counts)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.vals, self.counts = list(state["vals"]), list(state["counts"])
-
-    @property
-    def value(self) -> torch.Tensor | float:
-        return _weighted_mean(self.vals, self.counts)
-
-    @property
-    def name(self) -> str:
-        return "loss"
 
 
 class AvgSmoothLoss(Metric):

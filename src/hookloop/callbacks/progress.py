@@ -23,8 +23,8 @@ def no_log(line: str) -> None:
     """The logger of `learn.no_logging()`: drops every line."""
 
 
-class _LossBar(tqdm):
-    """tqdm that asks for the smoothed loss only when it redraws (no per-batch device sync)."""
+class _LazyLossPostfix:
+    """Mixed into a tqdm class: asks for the smoothed loss only when the bar redraws."""
 
     def __init__(self, *args: Any, loss_fn: Any = None, **kwargs: Any) -> None:
         self._loss_fn = loss_fn
@@ -39,6 +39,10 @@ class _LossBar(tqdm):
         return d
 
 
+class _LossBar(_LazyLossPostfix, tqdm):
+    """Terminal tqdm bar whose loss is read at redraw time (no per-batch device sync)."""
+
+
 def _notebook_bar_class() -> type | None:
     try:
         import ipywidgets  # noqa: F401
@@ -46,18 +50,8 @@ def _notebook_bar_class() -> type | None:
     except ImportError:
         return None
 
-    class _NotebookLossBar(notebook_tqdm):
-        def __init__(self, *args: Any, loss_fn: Any = None, **kwargs: Any) -> None:
-            self._loss_fn = loss_fn
-            super().__init__(*args, **kwargs)
-
-        @property
-        def format_dict(self) -> dict:
-            d = super().format_dict
-            fn = getattr(self, "_loss_fn", None)
-            if fn is not None:
-                d["postfix"] = fn()
-            return d
+    class _NotebookLossBar(_LazyLossPostfix, notebook_tqdm):
+        """Notebook widget bar whose loss is read at redraw time."""
 
     return _NotebookLossBar
 
