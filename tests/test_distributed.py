@@ -25,6 +25,7 @@ from hookloop import (
     Metric,
     SaveModel,
     ShardSampler,
+    TerminateOnNaN,
     accuracy,
 )
 from hookloop.distributed import (
@@ -274,6 +275,19 @@ def _ddp_scenario(rank_: int, folder: Path) -> None:
     learn.fit(3)
     results["fsdp_weights"] = {k: v.full_tensor() for k, v in learn.model.state_dict().items()}
     results["fsdp_rows"] = learn.recorder.rows
+    # 6. A non-finite loss on rank 1 only: DDP spreads it into both ranks' gradients, so both
+    #    skip that step and stop together, with the same finite weights.
+    learn = _learner(bs=8, path=folder, cbs=TerminateOnNaN())
+    plain_loss = learn.loss_func
+
+    def nan_on_rank_one_at_step_two(pred, y):
+        loss = plain_loss(pred, y)
+        return loss * float("nan") if rank_ == 1 and learn.train_iter == 2 else loss
+
+    learn.loss_func = nan_on_rank_one_at_step_two
+    learn.fit(3)
+    results["nan_weights"] = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    results["nan_steps"] = learn.train_iter
     torch.save(results, folder / f"result{rank_}.pt")
 
 
@@ -391,6 +405,15 @@ def test_fsdp_sharded_model_trains_like_one_process_with_twice_the_batch(ddp_run
 
 
 # ---- two processes: a failure on one rank -------------------------------------------------
+
+
+def test_a_nan_loss_on_one_rank_leaves_both_ranks_with_the_same_finite_weights(ddp_run):
+    _, _, results, _ = ddp_run
+    w0, w1 = results[0]["nan_weights"], results[1]["nan_weights"]
+    assert all(torch.isfinite(v).all() for v in w0.values())
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    # The bad step (the third, train_iter 2) is read at the end of epoch 0: 4 steps, then stop.
+    assert results[0]["nan_steps"] == results[1]["nan_steps"] == 4
 
 
 class FailOnRankOne(Callback):

@@ -784,17 +784,24 @@ class TerminateOnNaN(Callback):
             self._first = torch.full((), -1, dtype=torch.long, device=loss.device)
         bad = ~torch.isfinite(loss)
         # Python scalars in torch.where need no host-to-device transfer.
-        code = (learn.epoch << 32) + learn.iter
-        self._first = torch.where(bad & (self._first < 0), code, self._first)
+        self._code = (learn.epoch << 32) + learn.iter
+        self._first = torch.where(bad & (self._first < 0), self._code, self._first)
         self._bad = bad
 
     def after_backward(self) -> None:
         if self._bad is None:
             return
-        for group in self.learn.opt.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    p.grad.masked_fill_(self._bad, 0.0)
+        grads = [p.grad for g in self.learn.opt.param_groups for p in g["params"]]
+        grads = [g for g in grads if g is not None]
+        bad = self._bad
+        if is_distributed() and grads:
+            # DDP has already averaged the gradients, so one rank's non-finite loss is in every
+            # rank's gradients: decide on them, or the ranks would step differently and diverge.
+            norms = torch.stack(torch._foreach_norm(grads))
+            bad = bad | ~torch.isfinite(norms).all()
+            self._first = torch.where(bad & (self._first < 0), self._code, self._first)
+        for grad in grads:
+            grad.masked_fill_(bad, 0.0)
         self._bad = None
 
     def after_batch(self) -> None:
