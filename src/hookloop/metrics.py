@@ -36,11 +36,16 @@ class Metric:
 
 def stack_scalars(vals: list) -> torch.Tensor:
     """Per-batch scalars (tensors or numbers) as one 1-d tensor on the first value's device."""
+    # The usual case, 0-d tensors on one device, is one op; checking each value first would
+    # cost more than the stack itself, so let torch.stack refuse the unusual cases.
+    try:
+        stacked = torch.stack(vals)
+    except (TypeError, RuntimeError):
+        stacked = None
+    if stacked is not None and stacked.ndim == 1:
+        return stacked.detach()
     first = vals[0]
     dev = first.device if isinstance(first, torch.Tensor) else torch.device("cpu")
-    if all(isinstance(v, torch.Tensor) and v.ndim == 0 and v.device == dev for v in vals):
-        # The usual case, one op: converting value by value costs a few ops per batch.
-        return torch.stack(vals).detach()
     return torch.stack([torch.as_tensor(v).detach().reshape(()).to(dev) for v in vals])
 
 

@@ -347,11 +347,15 @@ class Recorder(Callback):
             return
         pending, self._pending = self._pending, []
         vals = stack_scalars(pending).float()
-        beta = self.beta
+        beta, ema = self.beta, self._ema
+        losses, smooth = self.losses, self.smooth_losses
+        n = len(losses)
         for v in vals.tolist():
-            self.losses.append(v)
-            self._ema = beta * self._ema + (1 - beta) * v
-            self.smooth_losses.append(self._ema / (1 - beta ** len(self.losses)))
+            n += 1
+            ema = beta * ema + (1 - beta) * v
+            losses.append(v)
+            smooth.append(ema / (1 - beta**n))
+        self._ema = ema
 
     @property
     def smooth_loss(self) -> float:
