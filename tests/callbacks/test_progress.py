@@ -66,3 +66,13 @@ def test_a_custom_logger_receives_the_table_lines_also_under_a_drawn_bar(capsys)
     learn.fit(2)
     assert [line.split()[0] for line in lines] == ["epoch", "0", "1"]
     assert "epoch 0 train" in capsys.readouterr().err
+
+
+def test_the_bar_ends_at_the_number_of_batches_however_often_it_redrew(capsys):
+    # 100 training batches; with mininterval 0 tqdm adapts how many updates it skips, and the
+    # bar is still handed every batch by the time it closes.
+    learn = tiny_learner(n_train=400, bs=4)
+    learn.remove_cb(learn.progress_bar)
+    learn.add_cb(ProgressBar(show_bar=True, leave=True, mininterval=0))
+    learn.fit(1)
+    assert "100/100" in capsys.readouterr().err

@@ -96,6 +96,7 @@ class ProgressBar(Callback):
         self.leave = leave
         self.show_bar = show_bar
         self.bar: Any = None
+        self._unshown = 0  # batches done but not yet handed to the bar
         self._old_logger: Any = None
 
     def before_fit(self) -> None:
@@ -135,8 +136,11 @@ class ProgressBar(Callback):
 
     def _close(self) -> None:
         if self.bar is not None:
+            if self._unshown:
+                self.bar.update(self._unshown)
             self.bar.close()
             self.bar = None
+        self._unshown = 0
 
     def _loss_postfix(self) -> str:
         recorder = getattr(self.learn, "recorder", None)
@@ -150,8 +154,14 @@ class ProgressBar(Callback):
             self._open("valid", None)
 
     def after_batch(self) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
+        bar = self.bar
+        if bar is not None:
+            self._unshown += 1
+            # tqdm redraws at most once per `miniters` updates (it adapts them to its redraw
+            # interval), so hand it the count only then: a call per batch would cost more.
+            if self._unshown >= bar.miniters:
+                bar.update(self._unshown)
+                self._unshown = 0
 
     def after_train(self) -> None:
         self._close()
