@@ -244,3 +244,14 @@ def test_model_of_a_wrong_type_is_an_error():
 def test_cbs_entry_that_is_not_a_callback_is_an_error():
     with pytest.raises(TypeError, match="cbs.*'x'"):
         tiny_learner(cbs=["x"])
+
+
+def test_fastai_v1_callbacks_keyword_on_the_learner_keeps_them():
+    class A(Callback):
+        pass
+
+    class B(Callback):
+        pass
+
+    learn = Learner(nn.Linear(4, 2), tiny_dls(), cbs=A(), callbacks=[B()], device="cpu")
+    assert isinstance(learn.a, A) and isinstance(learn.b, B)

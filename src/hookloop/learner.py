@@ -149,6 +149,7 @@ class Learner:
         train_metrics: also compute the metrics on the training set (`train_<name>`).
         splitter: `model -> list of parameter lists`, one optimizer group per list.
         callback_fns: fastai v1: callables taking the learner and returning a callback.
+        callbacks: fastai v1's name for `cbs`; both may be given.
     """
 
     def __init__(
@@ -167,6 +168,7 @@ class Learner:
         train_metrics: bool = False,
         splitter: Callable | None = None,
         callback_fns: Iterable[Callable] | None = None,
+        callbacks: Any = None,
         n_inp: int | None = None,
     ) -> None:
         if isinstance(model, nn.Module) is False and isinstance(dls, nn.Module):
@@ -213,7 +215,7 @@ class Learner:
         from .callbacks.recorder import Recorder, TrainEval
 
         self.add_cbs([TrainEval(), Recorder(), ProgressBar()])
-        self.add_cbs(cbs)
+        self.add_cbs(_listify(cbs) + _listify(callbacks))
         for fn in callback_fns or ():
             self.add_cb(self._from_callback_fn(fn))
 

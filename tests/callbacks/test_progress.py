@@ -19,11 +19,11 @@ def test_with_show_bar_a_tqdm_bar_is_drawn_per_phase(capsys):
     learn = tiny_learner(n_train=8, bs=4)
     learn.logger = print
     learn.remove_cb(learn.progress_bar)
-    learn.add_cb(ProgressBar(show_bar=True))
+    learn.add_cb(ProgressBar(show_bar=True, mininterval=0))  # redraw after every batch
     learn.fit(1)
     err = capsys.readouterr().err
     assert "epoch 0 train" in err and "epoch 0 valid" in err
-    assert "loss=" in err
+    assert f"loss={learn.recorder.smooth_losses[0]:.4f}" in err
 
 
 class CountingBar(ProgressBar):
@@ -76,3 +76,11 @@ def test_the_bar_ends_at_the_number_of_batches_however_often_it_redrew(capsys):
     learn.add_cb(ProgressBar(show_bar=True, leave=True, mininterval=0))
     learn.fit(1)
     assert "100/100" in capsys.readouterr().err
+
+
+def test_the_bar_shows_no_loss_before_the_first_batch():
+    learn = tiny_learner()
+    bar = learn.progress_bar
+    assert bar._loss_postfix() == ""
+    learn.fit(1)
+    assert bar._loss_postfix() == f"loss={learn.recorder.smooth_losses[-1]:.4f}"

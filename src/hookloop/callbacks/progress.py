@@ -144,7 +144,9 @@ class ProgressBar(Callback):
 
     def _loss_postfix(self) -> str:
         recorder = getattr(self.learn, "recorder", None)
-        return f"loss={recorder.smooth_loss:.4f}" if recorder is not None else ""
+        if recorder is None or not (recorder.losses or recorder._pending):
+            return ""  # no batch yet this fit: show no loss rather than nan
+        return f"loss={recorder.smooth_loss:.4f}"
 
     def before_train(self) -> None:
         self._open("train", self._loss_postfix)
