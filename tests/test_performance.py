@@ -17,20 +17,8 @@ HOST_READS = frozenset(
     {"item", "tolist", "numpy", "__float__", "__int__", "__bool__", "__index__", "__format__"}
 )
 
-# The events between before_batch and after_batch, cancels included.
-BATCH_EVENTS = (
-    "before_batch",
-    "after_pred",
-    "after_loss",
-    "before_backward",
-    "after_cancel_backward",
-    "after_backward",
-    "before_step",
-    "after_cancel_step",
-    "after_step",
-    "after_cancel_batch",
-    "after_batch",
-)
+# The events between before_batch and after_batch, cancels included, in the loop's order.
+BATCH_EVENTS = EVENTS[EVENTS.index("before_batch") : EVENTS.index("after_batch") + 1]
 
 
 class HostReads(torch.Tensor):

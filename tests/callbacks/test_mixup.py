@@ -11,15 +11,6 @@ from hookloop.callbacks.mixup import MixedLoss, sample_beta
 from hookloop.checkpoint import atomic_save, safe_load
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models on a shared 2-core machine run far faster on one thread.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class FixedMixUp(MixUp):
     """lam = 0.7 and the two samples swapped: the numbers below can be checked by hand."""
 

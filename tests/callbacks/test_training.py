@@ -23,15 +23,6 @@ from hookloop import (
 from hookloop.checkpoint import atomic_save, safe_load
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models on a shared 2-core machine run far faster on one thread.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_learner(model, x, y, bs, cbs=None, lr=0.1, loss_func=None, valid=None, **kwargs):
     dls = DataLoaders.from_tensors(x, y, valid_pct=None, valid=valid, bs=bs, shuffle=False)
     learn = Learner(
