@@ -182,11 +182,7 @@ def test_fifty_callbacks_without_batch_handlers_add_nothing_to_batch_events():
             assert handler_classes(inert, phase, event) == handler_classes(plain, phase, event)
         for event in ("before_fit", "before_epoch", "after_epoch"):
             assert handler_classes(inert, phase, event).count("EpochOnly") == 50
-    assert handler_classes(plain, "train", "after_batch") == [
-        "TrainEval",
-        "Recorder",
-        "ProgressBar",
-    ]
+    assert handler_classes(plain, "train", "after_batch") == ["Recorder", "ProgressBar"]
 
 
 def count_moves(monkeypatch) -> list:

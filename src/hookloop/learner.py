@@ -53,6 +53,9 @@ _LEVELS: dict[str, tuple[str, str, str, type[CancelException]]] = {
 }
 
 
+_UPDATE_EVENTS = _LEVELS["backward"][:3] + _LEVELS["step"][:3]
+
+
 def default_device() -> torch.device:
     """cuda (GPU `LOCAL_RANK` under torchrun), then mps, then cpu."""
     if torch.cuda.is_available():
@@ -124,6 +127,13 @@ def _note(exc: BaseException, handler: Callable, event: str) -> None:
     note = f"raised in callback {who} during event {event}"
     if note not in getattr(exc, "__notes__", ()):
         exc.add_note(note)
+
+
+def _mark(exc: CancelException, level: str, training: bool) -> None:
+    # An outer level may catch it; remember where it came from in case none does.
+    if not hasattr(exc, "hookloop_level"):
+        exc.hookloop_level = level
+        exc.hookloop_training = training
 
 
 class Learner:
@@ -198,7 +208,7 @@ class Learner:
         self.logger: Callable[[str], Any] = rank_zero_print
         # Loop state that callbacks read and may write.
         self.epoch, self.n_epoch, self.iter, self.n_iter = 0, 1, 0, 0
-        self.train_iter, self.pct_train = 0, 0.0
+        self.train_iter, self.pct_train, self._total_iters = 0, 0.0, 1
         self.xb: tuple = ()
         self.yb: tuple = ()
         self.pred: Any = None
@@ -330,7 +340,7 @@ class Learner:
             if hasattr(type(cb), "wrap_dispatch"):
                 tables = cb.wrap_dispatch(tables)
         self._tables = tables
-        self._handlers = self._tables["train" if self._training else "valid"]
+        self._use_table(self._training)
 
     def show_loop(self) -> str:
         """Print (and return), per event, the callbacks that run, in order."""
@@ -356,7 +366,12 @@ class Learner:
     @training.setter
     def training(self, value: bool) -> None:
         self._training = value
-        self._handlers = self._tables["train" if value else "valid"]
+        self._use_table(value)
+
+    def _use_table(self, training: bool) -> None:
+        self._handlers = handlers = self._tables["train" if training else "valid"]
+        # With no backward- or step-level handlers the loop calls backward and step directly.
+        self._plain_update = not any(handlers[e] for e in _UPDATE_EVENTS)
 
     @property
     def smooth_loss(self) -> float:
@@ -386,15 +401,14 @@ class Learner:
         except cancel:
             self(after_cancel)
         except CancelException as e:
-            # An outer level may catch it; remember where it came from in case none does.
-            if not hasattr(e, "hookloop_level"):
-                e.hookloop_level = level
-                e.hookloop_training = self._training
+            _mark(e, level, self._training)
             raise
         if self._handlers[after]:  # read again: the body may have switched phase tables
             self(after)
 
     def _do_fit(self) -> None:
+        # Sized here, after before_fit: a distributed fit shards dls.train in before_fit.
+        self._total_iters = max(self.n_epoch * len(self.dls.train), 1)
         for epoch in range(self.epoch, self.n_epoch):
             self.epoch = epoch
             self._with_events(self._do_epoch, "epoch")
@@ -433,16 +447,33 @@ class Learner:
             self._one_batch(to_device(b, self.device) if move else b)
 
     def _one_batch(self, b: Any) -> None:
+        # The batch level of _with_events, written out: this runs once per batch, and every
+        # Python call here is paid on each step (see benchmarks/overhead.py).
         if isinstance(b, (tuple, list)):
             n_inp = self.n_inp if self.n_inp is not None else max(len(b) - 1, 1)
             self.xb, self.yb = tuple(b[:n_inp]), tuple(b[n_inp:])
         else:
             self.xb, self.yb = (b,), ()
-        self._with_events(self._do_one_batch, "batch")
+        try:
+            if self._handlers["before_batch"]:
+                self("before_batch")
+            self._do_one_batch()
+        except CancelBatchException:
+            self("after_cancel_batch")
+        except CancelException as e:
+            _mark(e, "batch", self._training)
+            raise
+        if self._training:
+            # Loop state, like `iter`: counted here so that no callback runs for it per batch.
+            n = self.train_iter + 1
+            self.train_iter, self.pct_train = n, n / self._total_iters
+        if self._handlers["after_batch"]:
+            self("after_batch")
 
     def _do_one_batch(self) -> None:
+        handlers = self._handlers
         self.pred = self.model(*self.xb)
-        if self._handlers["after_pred"]:
+        if handlers["after_pred"]:
             self("after_pred")
         if self.yb:
             loss = self.loss_func(self.pred, *self.yb)
@@ -453,17 +484,23 @@ class Learner:
                 )
             # loss_grad is what backward uses; loss is the detached value for logging.
             self.loss_grad, self.loss = loss, loss.detach()
-        if self._handlers["after_loss"]:
+        if handlers["after_loss"]:
             self("after_loss")
+            if getattr(self.loss, "requires_grad", False):
+                # The fastai book's callbacks add a penalty to learn.loss (`self.learn.loss +=
+                # ...`); learn.loss is detached, so carry the change and its gradient into
+                # loss_grad.
+                self.loss_grad = self.loss + (self.loss_grad - self.loss_grad.detach())
+                self.loss = self.loss.detach()
         if not self._training or not self.yb:
             return
-        if getattr(self.loss, "requires_grad", False):
-            # The fastai book's callbacks add a penalty to learn.loss (`self.learn.loss += ...`);
-            # learn.loss is detached, so carry the change and its gradient into loss_grad.
-            self.loss_grad = self.loss + (self.loss_grad - self.loss_grad.detach())
-            self.loss = self.loss.detach()
-        self._with_events(self._do_backward, "backward")
-        self._with_events(self._do_step, "step")
+        if self._plain_update:
+            # No callback handles a backward- or step-level event in this phase.
+            self.loss_grad.backward()
+            self.opt.step()
+        else:
+            self._with_events(self._do_backward, "backward")
+            self._with_events(self._do_step, "step")
         self.opt.zero_grad()
 
     def _do_backward(self) -> None:
@@ -566,6 +603,8 @@ class Learner:
             set_hyper(self.opt, "wd", wd)
         self.n_epoch = n_epoch
         self.epoch, self._skip = 0, 0
+        # Before before_fit: a resuming callback restores the counters there.
+        self.train_iter, self.pct_train = 0, 0.0
         with self.added_cbs(extra):
             self._run(self._do_fit, "fit")
         return self.recorder.history

@@ -255,8 +255,8 @@ def test_callbacks_without_keras_hooks_add_nothing_to_the_dispatch_table():
     names = handler_names(tiny_learner(cbs=Plain()))
     for phase in ("train", "valid"):
         assert names[phase]["after_epoch"] == ["Plain", "Recorder"]
-        assert names[phase]["before_fit"] == ["TrainEval", "Recorder", "ProgressBar"]
-        assert names[phase]["after_batch"] == ["TrainEval", "Recorder", "ProgressBar"]
+        assert names[phase]["before_fit"] == ["Recorder", "ProgressBar"]
+        assert names[phase]["after_batch"] == ["Recorder", "ProgressBar"]
 
 
 def test_an_epoch_hook_alone_adds_no_per_batch_handler():
@@ -266,9 +266,9 @@ def test_an_epoch_hook_alone_adds_no_per_batch_handler():
 
     names = handler_names(tiny_learner(cbs=EpochOnly()))["train"]
     assert names["before_batch"] == []
-    assert names["after_batch"] == ["TrainEval", "Recorder", "ProgressBar"]
+    assert names["after_batch"] == ["Recorder", "ProgressBar"]
     # params are set before_fit; the stop_training flag is reset first and checked last.
-    assert names["before_fit"][:3] == ["KerasStopTraining", "TrainEval", "EpochOnly"]
+    assert names["before_fit"][:2] == ["KerasStopTraining", "EpochOnly"]
     assert names["after_epoch"] == ["EpochOnly", "Recorder", "KerasStopTraining"]
 
 
@@ -279,13 +279,12 @@ def test_a_training_batch_hook_adds_the_stop_check_after_every_other_after_batch
 
     names = handler_names(tiny_learner(cbs=BatchHook()))
     assert names["train"]["after_batch"] == [
-        "TrainEval",
         "BatchHook",
         "Recorder",
         "ProgressBar",
         "KerasStopTraining",
     ]
-    assert names["valid"]["after_batch"] == ["TrainEval", "Recorder", "ProgressBar"]
+    assert names["valid"]["after_batch"] == ["Recorder", "ProgressBar"]
 
 
 def test_params_hold_epochs_steps_and_verbose_from_on_train_begin():

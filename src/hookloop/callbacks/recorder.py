@@ -67,26 +67,20 @@ class History(Callback):
 
 
 class TrainEval(Callback):
-    """Sets train/eval mode and advances `train_iter` and `pct_train` after each training batch."""
+    """Puts the model in train mode for training and eval mode for validation.
+
+    The counters fastai's TrainEvalCallback keeps (`train_iter`, `pct_train`) are loop state
+    here: the loop advances them after each training batch, before `after_batch` fires, so no
+    callback runs for them per batch.
+    """
 
     order = -10
-
-    def before_fit(self) -> None:
-        learn = self.learn
-        learn.train_iter, learn.pct_train = 0, 0.0
-        self._total = max(learn.n_epoch * len(learn.dls.train), 1)
 
     def before_train(self) -> None:
         self.learn.model.train()
 
     def before_validate(self) -> None:
         self.learn.model.eval()
-
-    def after_batch(self) -> None:
-        learn = self.learn
-        if learn._training:
-            learn.train_iter += 1
-            learn.pct_train = learn.train_iter / self._total
 
 
 def _to_float(v: Any) -> float:
