@@ -447,17 +447,49 @@ class Learner:
             self._one_batch(to_device(b, self.device) if move else b)
 
     def _one_batch(self, b: Any) -> None:
-        # The batch level of _with_events, written out: this runs once per batch, and every
-        # Python call here is paid on each step (see benchmarks/overhead.py).
-        if isinstance(b, (tuple, list)):
+        # One batch, the batch level of _with_events written out in one function: it runs once
+        # per batch, and every Python call and attribute access here is paid on each step
+        # (benchmarks/overhead.py). An event nobody handles costs one lookup.
+        if type(b) is tuple and len(b) == 2 and self.n_inp is None:
+            self.xb, self.yb = b[:1], b[1:]  # the common (x, y) batch
+        elif isinstance(b, (tuple, list)):
             n_inp = self.n_inp if self.n_inp is not None else max(len(b) - 1, 1)
             self.xb, self.yb = tuple(b[:n_inp]), tuple(b[n_inp:])
         else:
             self.xb, self.yb = (b,), ()
+        handlers = self._handlers
         try:
-            if self._handlers["before_batch"]:
+            if handlers["before_batch"]:
                 self("before_batch")
-            self._do_one_batch()
+            self.pred = self.model(*self.xb)
+            if handlers["after_pred"]:
+                self("after_pred")
+            if self.yb:
+                loss = self.loss_func(self.pred, *self.yb)
+                if getattr(loss, "ndim", None) != 0:
+                    raise ValueError(
+                        f"loss_func must return a scalar tensor, got "
+                        f"{type(loss).__name__} of shape {tuple(getattr(loss, 'shape', ()))}"
+                    )
+                # loss_grad is what backward uses; loss is the detached value for logging.
+                self.loss_grad, self.loss = loss, loss.detach()
+            if handlers["after_loss"]:
+                self("after_loss")
+                if getattr(self.loss, "requires_grad", False):
+                    # The fastai book's callbacks add a penalty to learn.loss (`self.learn.loss
+                    # += ...`); learn.loss is detached, so carry the change and its gradient
+                    # into loss_grad.
+                    self.loss_grad = self.loss + (self.loss_grad - self.loss_grad.detach())
+                    self.loss = self.loss.detach()
+            if self._training and self.yb:
+                if self._plain_update:
+                    # No callback handles a backward- or step-level event in this phase.
+                    self.loss_grad.backward()
+                    self.opt.step()
+                else:
+                    self._with_events(self._do_backward, "backward")
+                    self._with_events(self._do_step, "step")
+                self.opt.zero_grad()
         except CancelBatchException:
             self("after_cancel_batch")
         except CancelException as e:
@@ -467,41 +499,15 @@ class Learner:
             # Loop state, like `iter`: counted here so that no callback runs for it per batch.
             n = self.train_iter + 1
             self.train_iter, self.pct_train = n, n / self._total_iters
-        if self._handlers["after_batch"]:
-            self("after_batch")
-
-    def _do_one_batch(self) -> None:
-        handlers = self._handlers
-        self.pred = self.model(*self.xb)
-        if handlers["after_pred"]:
-            self("after_pred")
-        if self.yb:
-            loss = self.loss_func(self.pred, *self.yb)
-            if getattr(loss, "ndim", None) != 0:
-                raise ValueError(
-                    f"loss_func must return a scalar tensor, got "
-                    f"{type(loss).__name__} of shape {tuple(getattr(loss, 'shape', ()))}"
-                )
-            # loss_grad is what backward uses; loss is the detached value for logging.
-            self.loss_grad, self.loss = loss, loss.detach()
-        if handlers["after_loss"]:
-            self("after_loss")
-            if getattr(self.loss, "requires_grad", False):
-                # The fastai book's callbacks add a penalty to learn.loss (`self.learn.loss +=
-                # ...`); learn.loss is detached, so carry the change and its gradient into
-                # loss_grad.
-                self.loss_grad = self.loss + (self.loss_grad - self.loss_grad.detach())
-                self.loss = self.loss.detach()
-        if not self._training or not self.yb:
-            return
-        if self._plain_update:
-            # No callback handles a backward- or step-level event in this phase.
-            self.loss_grad.backward()
-            self.opt.step()
-        else:
-            self._with_events(self._do_backward, "backward")
-            self._with_events(self._do_step, "step")
-        self.opt.zero_grad()
+        # Read again: a handler may have switched the phase's table (validate() in a callback).
+        for handler in self._handlers["after_batch"]:
+            try:
+                handler()
+            except CancelException:
+                raise
+            except BaseException as e:
+                _note(e, handler, "after_batch")
+                raise
 
     def _do_backward(self) -> None:
         self.loss_grad.backward()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from ..callback import Callback
 from ..data import find_bs
@@ -144,10 +145,13 @@ class Recorder(Callback):
     def _reset_batches(self) -> None:
         self.losses: list[float] = []
         self.smooth_losses: list[float] = []
-        self._pending: list[Any] = []
+        # (loss, bs, lr, mom) per training batch whose loss is not read yet; the first `_moved`
+        # have their bs, lr and mom copied to the lists already.
+        self._pending: list[tuple] = []
+        self._moved = 0
         self._batch_bs: list[int] = []
         self._ema = 0.0
-        self.hps: dict[str, list[float]] = {"lr": []}
+        self._hps: dict[str, list[float]] = {"lr": []}
 
     # ---- names -----------------------------------------------------------------------------
 
@@ -202,7 +206,7 @@ class Recorder(Callback):
         if learn.opt is not None:
             self._mom_key = _mom_key(learn.opt.param_groups[-1])
             if self._mom_key is not None:
-                self.hps["mom"] = []
+                self._hps["mom"] = []
         self.values, self.rows, self.iters = [], [], []
         self.history = History(
             {"epochs": learn.n_epoch, "steps": len(learn.dls.train), "verbose": 1}
@@ -237,27 +241,24 @@ class Recorder(Callback):
             m.reset()
 
     def after_batch(self) -> None:
-        # Runs for every batch: appends only, no device reads (see _flush).
+        # Runs for every batch, so it only appends (no device reads, see _flush), and one
+        # record per batch: a single append measured cheaper than one per list.
         learn = self.learn
         loss = learn.loss
         if loss is None:
             return
         if learn._training:
-            self._pending.append(loss)
             b = learn.yb or learn.xb
             first = b[0]
-            # The common batch is a tuple of tensors: read its size without find_bs's walk.
-            bs = first.shape[0] if type(first) is torch.Tensor and first.ndim else find_bs(b)
-            self._batch_bs.append(bs)
+            # The common batch holds tensors: read its size without find_bs's walk.
+            bs = len(first) if type(first) is Tensor and first.ndim else find_bs(b)
             group = learn.opt.param_groups[-1]
-            hps = self.hps
-            hps["lr"].append(group["lr"])
             mom_key = self._mom_key
-            if mom_key is not None:
-                mom = group[mom_key]
-                hps["mom"].append(mom[0] if mom_key == "betas" else mom)
-            for m in self._train_mets:
-                m.accumulate(learn)
+            mom = group[mom_key] if mom_key is not None else None
+            self._pending.append((loss, bs, group["lr"], mom))
+            if self._train_mets:
+                for m in self._train_mets:
+                    m.accumulate(learn)
         else:
             self._valid_loss.accumulate(learn)
             for m in self._valid_mets:
@@ -335,12 +336,36 @@ class Recorder(Callback):
 
     # ---- per-batch values, read lazily ------------------------------------------------------
 
+    @property
+    def hps(self) -> dict[str, list[float]]:
+        """Per training batch: `lr` and `mom` of the last parameter group (and what a
+        ParamScheduler adds, such as `wd`)."""
+        self._move_hps()
+        return self._hps
+
+    def _move_hps(self) -> None:
+        # Copy bs, lr and mom out of the pending records; the losses stay on the device.
+        pending, start = self._pending, self._moved
+        if start == len(pending):
+            return
+        bs_list, lrs = self._batch_bs, self._hps["lr"]
+        moms = self._hps.get("mom") if self._mom_key is not None else None
+        betas = self._mom_key == "betas"
+        for i in range(start, len(pending)):
+            _, bs, lr, mom = pending[i]
+            bs_list.append(bs)
+            lrs.append(lr)
+            if moms is not None:
+                moms.append(mom[0] if betas else mom)
+        self._moved = len(pending)
+
     def _flush(self) -> None:
         # One host-device transfer for all losses recorded since the last read.
         if not self._pending:
             return
-        pending, self._pending = self._pending, []
-        vals = stack_scalars(pending).float()
+        self._move_hps()
+        pending, self._pending, self._moved = self._pending, [], 0
+        vals = stack_scalars([p[0] for p in pending]).float()
         beta, ema = self.beta, self._ema
         losses, smooth = self.losses, self.smooth_losses
         n = len(losses)
@@ -473,7 +498,8 @@ class Recorder(Callback):
         self.smooth_losses = list(state["smooth_losses"])
         self._ema = state["ema"]
         self._batch_bs = list(state["batch_bs"])
-        self.hps = {k: list(v) for k, v in state["hps"].items()}
+        self._hps = {k: list(v) for k, v in state["hps"].items()}
+        self._pending, self._moved = [], 0
         self.rows = [dict(r) for r in state["rows"]]
         self.iters = list(state["iters"])
         h = state["history"]
