@@ -284,12 +284,20 @@ def on_device(b: Any, device: torch.device) -> bool:
 
 def find_bs(b: Any) -> int:
     """The batch size of a batch: the first dimension of its first tensor."""
+    # Metrics ask once per batch: answer the usual tuple of tensors without the walk.
+    first = b[0] if type(b) is tuple and b else b
+    if type(first) is torch.Tensor and first.ndim:
+        return len(first)
+    return _find_bs(b)
+
+
+def _find_bs(b: Any) -> int:
     if isinstance(b, torch.Tensor):
         return b.shape[0] if b.ndim else 1
     if isinstance(b, (tuple, list)):
-        return find_bs(b[0])
+        return _find_bs(b[0])
     if isinstance(b, dict):
-        return find_bs(next(iter(b.values())))
+        return _find_bs(next(iter(b.values())))
     return len(b)
 
 

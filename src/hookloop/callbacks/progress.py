@@ -96,7 +96,6 @@ class ProgressBar(Callback):
         self.leave = leave
         self.show_bar = show_bar
         self.bar: Any = None
-        self._unshown = 0  # batches done but not yet handed to the bar
         self._old_logger: Any = None
 
     def before_fit(self) -> None:
@@ -135,12 +134,15 @@ class ProgressBar(Callback):
         )
 
     def _close(self) -> None:
-        if self.bar is not None:
-            if self._unshown:
-                self.bar.update(self._unshown)
-            self.bar.close()
+        bar = self.bar
+        if bar is not None:
+            # Batches done but not handed to the bar yet. `iter` may be the last phase's when
+            # this one had no batch: the bar never goes past its total.
+            left = min(self.learn.iter + 1, bar.total) - bar.n
+            if left > 0:
+                bar.update(left)
+            bar.close()
             self.bar = None
-        self._unshown = 0
 
     def _loss_postfix(self) -> str:
         recorder = getattr(self.learn, "recorder", None)
@@ -158,12 +160,13 @@ class ProgressBar(Callback):
     def after_batch(self) -> None:
         bar = self.bar
         if bar is not None:
-            self._unshown += 1
             # tqdm redraws at most once per `miniters` updates (it adapts them to its redraw
-            # interval), so hand it the count only then: a call per batch would cost more.
-            if self._unshown >= bar.miniters:
-                bar.update(self._unshown)
-                self._unshown = 0
+            # interval), so hand it the count only then: a call per batch would cost more. The
+            # count is the loop's `iter`, so nothing is written here per batch, and the bar of
+            # an epoch resumed mid-way jumps to where the epoch resumed.
+            left = self.learn.iter + 1 - bar.n
+            if left >= bar.miniters:
+                bar.update(left)
 
     def after_train(self) -> None:
         self._close()
