@@ -144,7 +144,8 @@ class Recorder(Callback):
 
     def _reset_batches(self) -> None:
         self.losses: list[float] = []
-        self.smooth_losses: list[float] = []
+        # The smoothed losses are computed from `losses` when first read (smooth_losses).
+        self._smooth: list[float] = []
         # (loss, bs, lr, mom) per training batch whose loss is not read yet; the first `_moved`
         # have their bs, lr and mom copied to the lists already.
         self._pending: list[tuple] = []
@@ -348,15 +349,12 @@ class Recorder(Callback):
         pending, start = self._pending, self._moved
         if start == len(pending):
             return
-        bs_list, lrs = self._batch_bs, self._hps["lr"]
+        _, bs, lr, mom = zip(*(pending[start:] if start else pending))
+        self._batch_bs.extend(bs)
+        self._hps["lr"].extend(lr)
         moms = self._hps.get("mom") if self._mom_key is not None else None
-        betas = self._mom_key == "betas"
-        for i in range(start, len(pending)):
-            _, bs, lr, mom = pending[i]
-            bs_list.append(bs)
-            lrs.append(lr)
-            if moms is not None:
-                moms.append(mom[0] if betas else mom)
+        if moms is not None:
+            moms.extend([m[0] for m in mom] if self._mom_key == "betas" else mom)
         self._moved = len(pending)
 
     def _flush(self) -> None:
@@ -366,21 +364,30 @@ class Recorder(Callback):
         self._move_hps()
         pending, self._pending, self._moved = self._pending, [], 0
         vals = stack_scalars([p[0] for p in pending]).float()
-        beta, ema = self.beta, self._ema
-        losses, smooth = self.losses, self.smooth_losses
-        n = len(losses)
-        for v in vals.tolist():
-            n += 1
-            ema = beta * ema + (1 - beta) * v
-            losses.append(v)
-            smooth.append(ema / (1 - beta**n))
-        self._ema = ema
+        self.losses.extend(vals.tolist())
+
+    @property
+    def smooth_losses(self) -> list[float]:
+        """The bias-corrected moving average of the loss at each training batch."""
+        self._flush()
+        smooth, losses = self._smooth, self.losses
+        if len(smooth) < len(losses):
+            # Computed on first read (a bar redraw, a plot), not per epoch: a fit that nobody
+            # reads them from does not pay for them.
+            beta, ema = self.beta, self._ema
+            n = len(smooth)
+            for v in losses[n:]:
+                n += 1
+                ema = beta * ema + (1 - beta) * v
+                smooth.append(ema / (1 - beta**n))
+            self._ema = ema
+        return smooth
 
     @property
     def smooth_loss(self) -> float:
         """The current smoothed training loss (reads pending losses from the device)."""
-        self._flush()
-        return self.smooth_losses[-1] if self.smooth_losses else float("nan")
+        smooth = self.smooth_losses
+        return smooth[-1] if smooth else float("nan")
 
     @property
     def lrs(self) -> list[float]:
@@ -463,10 +470,10 @@ class Recorder(Callback):
     # ---- resume ----------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        self._flush()
+        smooth = list(self.smooth_losses)  # first: it reads pending losses and brings _ema up
         return {
             "losses": list(self.losses),
-            "smooth_losses": list(self.smooth_losses),
+            "smooth_losses": smooth,
             "ema": self._ema,
             "batch_bs": list(self._batch_bs),
             "hps": {k: list(v) for k, v in self.hps.items()},
@@ -495,7 +502,7 @@ class Recorder(Callback):
 
     def load_state_dict(self, state: dict) -> None:
         self.losses = list(state["losses"])
-        self.smooth_losses = list(state["smooth_losses"])
+        self._smooth = list(state["smooth_losses"])
         self._ema = state["ema"]
         self._batch_bs = list(state["batch_bs"])
         self._hps = {k: list(v) for k, v in state["hps"].items()}
