@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .callback import Callback, build_dispatch, sort_callbacks, warn_legacy_names
 from .callbacks.lr_finder import valley
@@ -127,6 +127,14 @@ def _note(exc: BaseException, handler: Callable, event: str) -> None:
     note = f"raised in callback {who} during event {event}"
     if note not in getattr(exc, "__notes__", ()):
         exc.add_note(note)
+
+
+def _check_scalar(loss: Any) -> None:
+    if not isinstance(loss, Tensor) or loss.ndim != 0:
+        raise ValueError(
+            f"loss_func must return a scalar tensor, got "
+            f"{type(loss).__name__} of shape {tuple(getattr(loss, 'shape', ()))}"
+        )
 
 
 def _mark(exc: CancelException, level: str, training: bool) -> None:
@@ -451,26 +459,25 @@ class Learner:
         # per batch, and every Python call and attribute access here is paid on each step
         # (benchmarks/overhead.py). An event nobody handles costs one lookup.
         if type(b) is tuple and len(b) == 2 and self.n_inp is None:
-            self.xb, self.yb = b[:1], b[1:]  # the common (x, y) batch
+            self.xb, self.yb = (b[0],), (b[1],)  # the common (x, y) batch
         elif isinstance(b, (tuple, list)):
             n_inp = self.n_inp if self.n_inp is not None else max(len(b) - 1, 1)
             self.xb, self.yb = tuple(b[:n_inp]), tuple(b[n_inp:])
         else:
             self.xb, self.yb = (b,), ()
-        handlers = self._handlers
+        handlers, training = self._handlers, self._training
         try:
             if handlers["before_batch"]:
                 self("before_batch")
-            self.pred = self.model(*self.xb)
+            self.pred = pred = self.model(*self.xb)
             if handlers["after_pred"]:
                 self("after_pred")
-            if self.yb:
-                loss = self.loss_func(self.pred, *self.yb)
-                if getattr(loss, "ndim", None) != 0:
-                    raise ValueError(
-                        f"loss_func must return a scalar tensor, got "
-                        f"{type(loss).__name__} of shape {tuple(getattr(loss, 'shape', ()))}"
-                    )
+                pred = self.pred
+            yb = self.yb
+            if yb:
+                loss = self.loss_func(pred, *yb)
+                if type(loss) is not Tensor or loss.ndim:
+                    _check_scalar(loss)
                 # loss_grad is what backward uses; loss is the detached value for logging.
                 self.loss_grad, self.loss = loss, loss.detach()
             if handlers["after_loss"]:
@@ -481,7 +488,7 @@ class Learner:
                     # into loss_grad.
                     self.loss_grad = self.loss + (self.loss_grad - self.loss_grad.detach())
                     self.loss = self.loss.detach()
-            if self._training and self.yb:
+            if training and yb:
                 if self._plain_update:
                     # No callback handles a backward- or step-level event in this phase.
                     self.loss_grad.backward()
@@ -493,9 +500,9 @@ class Learner:
         except CancelBatchException:
             self("after_cancel_batch")
         except CancelException as e:
-            _mark(e, "batch", self._training)
+            _mark(e, "batch", training)
             raise
-        if self._training:
+        if training:
             # Loop state, like `iter`: counted here so that no callback runs for it per batch.
             n = self.train_iter + 1
             self.train_iter, self.pct_train = n, n / self._total_iters
