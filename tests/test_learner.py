@@ -92,6 +92,34 @@ def test_counters_over_a_fit():
     assert seen == [(0, 0, 2, 1, 0.25), (0, 1, 2, 2, 0.5), (1, 0, 2, 3, 0.75), (1, 1, 2, 4, 1.0)]
 
 
+def test_the_loop_counts_training_batches_without_train_eval():
+    # train_iter and pct_train are loop state: removing TrainEval (train/eval modes) keeps them.
+    from hookloop import TrainEval
+
+    learn = tiny_learner(n_train=8, bs=4)
+    learn.remove_cb(TrainEval)
+    learn.fit(2)
+    assert (learn.train_iter, learn.pct_train) == (4, 1.0)
+
+
+def test_a_backward_handler_attached_during_a_fit_runs_from_the_next_batch():
+    # With no backward/step handlers the loop calls backward and step directly; a callback
+    # attached in epoch 1's before_epoch must still see epoch 1's two after_backward events.
+    calls = []
+
+    class Count(Callback):
+        def after_backward(self):
+            calls.append(self.learn.train_iter)
+
+    class AttachLater(Callback):
+        def before_epoch(self):
+            if self.learn.epoch == 1:
+                self.learn.add_cb(Count())
+
+    tiny_learner(cbs=AttachLater(), n_train=8, bs=4).fit(2)
+    assert calls == [2, 3]  # train_iter before batches 0 and 1 of epoch 1
+
+
 def test_validate_returns_loss_and_metrics_and_leaves_history_alone():
     learn = tiny_learner(metrics=accuracy)
     learn.fit(1)

@@ -69,6 +69,23 @@ def test_per_batch_losses_stay_on_the_device_until_the_epoch_ends():
     assert learn.recorder._pending == [] and learn.recorder.losses == [1.0, 2.0, 3.0]
 
 
+def test_hyper_parameters_read_mid_epoch_cover_every_batch_so_far_without_reading_losses():
+    seen = []
+
+    class Peek(Callback):
+        order = 55  # after the Recorder's after_batch
+        run_valid = False
+
+        def after_batch(self):
+            recorder = self.learn.recorder
+            seen.append((list(recorder.hps["lr"]), len(recorder._pending)))
+
+    learn = scripted_learner([1.0, 2.0, 3.0], n_train=3, bs=1, cbs=Peek(), lr=0.5)
+    learn.fit(1)
+    # The lr list grows batch by batch while the three losses stay pending on the device.
+    assert seen == [([0.5], 1), ([0.5, 0.5], 2), ([0.5, 0.5, 0.5], 3)]
+
+
 def test_learning_rate_and_momentum_are_recorded_per_training_batch():
     learn = tiny_learner(opt_func=torch.optim.SGD, lr=0.1, n_train=8, bs=4)
     learn.create_opt()

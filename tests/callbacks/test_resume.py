@@ -389,6 +389,32 @@ def test_train_metrics_of_the_resumed_epoch_cover_all_its_batches(tmp_path):
     assert history.history == reference.history
 
 
+def test_the_bar_of_an_epoch_resumed_mid_way_starts_at_the_resumed_batch(tmp_path, capsys):
+    # 4 training batches per epoch; the backup after batch 2 resumes epoch 0 at batch 2, so the
+    # bar's first count is 3 (batches 0-2 done), not 1, and it ends at 4/4.
+    from hookloop import ProgressBar
+
+    counts = []
+
+    class Watch(Callback):
+        order = 70  # after the ProgressBar's after_batch (60)
+
+        def after_batch(self) -> None:
+            bar = self.learn.progress_bar.bar
+            if self.training and bar is not None:
+                counts.append(bar.n)
+
+    backup = tmp_path / "b"
+    with pytest.raises(Crash):
+        _learner([BackupAndRestore(backup, save_freq=2), CrashAt(3)]).fit(1)
+    learn = _learner([BackupAndRestore(backup, save_freq=2), Watch()])
+    learn.add_cb(ProgressBar(show_bar=True, leave=True, mininterval=0))
+    learn.fit(1)
+    assert learn.backup_and_restore.restored_from.name == "ckpt-e000000-i00000002"
+    assert counts[0] == 3
+    assert "4/4" in capsys.readouterr().err
+
+
 def test_lr_find_neither_restores_nor_replaces_nor_deletes_the_backups(tmp_path):
     backup = tmp_path / "b"
     with pytest.raises(Crash):
