@@ -120,6 +120,54 @@ def test_a_backward_handler_attached_during_a_fit_runs_from_the_next_batch():
     assert calls == [2, 3]  # train_iter before batches 0 and 1 of epoch 1
 
 
+class ValidateAtFirstBatch(Callback):
+    """Calls learn.validate() after the first training batch of each epoch."""
+
+    run_valid = False
+
+    def __init__(self) -> None:
+        self.results: list[dict] = []
+
+    def after_batch(self) -> None:
+        if self.learn.iter == 0:
+            self.results.append(self.learn.validate())
+
+
+def test_validate_called_by_a_callback_mid_epoch_leaves_training_going():
+    steps = []
+
+    class CountSteps(Callback):
+        def after_step(self):
+            steps.append((self.learn.epoch, self.learn.iter))
+
+    probe = ValidateAtFirstBatch()
+    history = tiny_learner(cbs=[probe, CountSteps()], n_train=12, bs=4).fit(2)
+    # Every one of the 3 training batches of both epochs still steps, and each epoch gets
+    # one row with a train loss averaged over its 3 batches.
+    assert steps == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    assert history.epoch == [0, 1]
+    assert all(loss == loss for loss in history.history["loss"])  # not nan
+    assert [set(r) for r in probe.results] == [{"valid_loss"}, {"valid_loss"}]
+
+
+def test_validate_mid_epoch_returns_the_loss_of_the_weights_at_that_point():
+    expected = []
+
+    class HandLoss(Callback):
+        run_valid = False
+
+        def after_batch(self):
+            if self.learn.iter == 0:
+                xv, yv = next(iter(self.learn.dls.valid))  # one batch of 4
+                with torch.no_grad():
+                    loss = nn.functional.cross_entropy(self.learn.model(xv), yv)
+                expected.append(float(loss))
+
+    probe = ValidateAtFirstBatch()
+    tiny_learner(cbs=[HandLoss(), probe], n_train=12, bs=4).fit(1)
+    assert probe.results[0]["valid_loss"] == pytest.approx(expected[0])
+
+
 def test_validate_returns_loss_and_metrics_and_leaves_history_alone():
     learn = tiny_learner(metrics=accuracy)
     learn.fit(1)

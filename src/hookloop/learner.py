@@ -54,6 +54,19 @@ _LEVELS: dict[str, tuple[str, str, str, type[CancelException]]] = {
 
 
 _UPDATE_EVENTS = _LEVELS["backward"][:3] + _LEVELS["step"][:3]
+# What an evaluation run inside a fit changes and puts back (see Learner._eval_run).
+_LOOP_STATE = (
+    "dl",
+    "n_iter",
+    "iter",
+    "xb",
+    "yb",
+    "pred",
+    "loss",
+    "loss_grad",
+    "_training",
+    "_in_fit",
+)
 
 
 def default_device() -> torch.device:
@@ -227,6 +240,8 @@ class Learner:
         self.cbs: list[Callback] = []
         self._tables: dict[str, dict[str, tuple]] = {}
         self._training = False
+        self._in_fit = False  # inside fit(): between before_fit and after_fit
+        self._evaluating = False  # inside validate() or get_preds()
         # Batches the next training pass starts at (set by a mid-epoch resume, then cleared).
         self._skip = 0
         from .callbacks.progress import ProgressBar
@@ -618,8 +633,12 @@ class Learner:
         self.epoch, self._skip = 0, 0
         # Before before_fit: a resuming callback restores the counters there.
         self.train_iter, self.pct_train = 0, 0.0
-        with self.added_cbs(extra):
-            self._run(self._do_fit, "fit")
+        was_in_fit, self._in_fit = self._in_fit, True
+        try:
+            with self.added_cbs(extra):
+                self._run(self._do_fit, "fit")
+        finally:
+            self._in_fit = was_in_fit
         return self.recorder.history
 
     def _eval_run(self, dl: Any) -> None:
@@ -627,10 +646,23 @@ class Learner:
             dl = self.dls.valid
         if dl is None:
             raise ValueError("no loader to evaluate: dls.valid is None and dl was not given")
+        # validate() and get_preds() may run inside a fit (a Keras callback calling evaluate()
+        # in on_batch_end): the loop's state is put back afterwards, so training goes on.
+        saved = {k: self.__dict__[k] for k in _LOOP_STATE}
+        nested, self._evaluating = self._evaluating, True
         self.training = False
         self.dl = dl
-        with torch.no_grad():
-            self._run(self._all_batches, "validate")
+        try:
+            with torch.no_grad():
+                if saved["_in_fit"]:
+                    # The fit's own guard reports an error (after_exception fires once).
+                    self._with_events(self._all_batches, "validate")
+                else:
+                    self._run(self._all_batches, "validate")
+        finally:
+            self._evaluating = nested
+            self.__dict__.update(saved)
+            self.training = saved["_training"]  # and the phase's dispatch table with it
 
     def validate(self, dl: Any = None, cbs: Any = None, callbacks: Any = None) -> dict[str, float]:
         """Run the validation phase on `dl` (default: dls.valid); returns valid_loss and metrics.

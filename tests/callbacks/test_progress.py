@@ -84,3 +84,24 @@ def test_the_bar_shows_no_loss_before_the_first_batch():
     assert bar._loss_postfix() == ""
     learn.fit(1)
     assert bar._loss_postfix() == f"loss={learn.recorder.smooth_losses[-1]:.4f}"
+
+
+def test_a_validate_inside_the_training_phase_keeps_the_training_bar(capsys):
+    from hookloop import Callback
+
+    class ValidateAtFirstBatch(Callback):
+        run_valid = False
+
+        def after_batch(self):
+            if self.learn.iter == 0:
+                self.learn.validate()
+
+    learn = tiny_learner(cbs=ValidateAtFirstBatch(), n_train=12, bs=4)
+    learn.remove_cb(learn.progress_bar)
+    learn.add_cb(ProgressBar(show_bar=True, leave=True, mininterval=0))
+    learn.fit(1)
+    err = capsys.readouterr().err
+    # One training bar that reaches 3/3, and only the epoch's own validation bar.
+    assert err.count("epoch 0 train") >= 1 and "3/3" in err
+    assert "train: 100%" in err
+    assert learn.progress_bar._aside is None

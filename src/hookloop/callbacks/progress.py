@@ -97,6 +97,7 @@ class ProgressBar(Callback):
         self.show_bar = show_bar
         self.bar: Any = None
         self._old_logger: Any = None
+        self._aside: Any = None  # the training bar, during an evaluation run inside it
 
     def before_fit(self) -> None:
         cbs = self.learn.cbs
@@ -154,6 +155,11 @@ class ProgressBar(Callback):
         self._open("train", self._loss_postfix)
 
     def before_validate(self) -> None:
+        if self.bar is not None:
+            # An evaluation run inside the training phase (validate() from a callback): keep
+            # the training bar aside, untouched, and draw none for the evaluation.
+            self._aside, self.bar = self.bar, None
+            return
         if getattr(self, "_draw", False):
             self._open("valid", None)
 
@@ -172,6 +178,9 @@ class ProgressBar(Callback):
         self._close()
 
     def after_validate(self) -> None:
+        if self._aside is not None:
+            self.bar, self._aside = self._aside, None
+            return
         self._close()
 
     def after_fit(self) -> None:

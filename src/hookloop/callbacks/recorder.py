@@ -297,7 +297,9 @@ class Recorder(Callback):
     def after_validate(self) -> None:
         vals = self.validation_values()
         self.last_validation = vals
-        if self._fitting and not self._epoch_done:
+        # An evaluation a callback runs inside the fit (validate(), Keras' evaluate()) is not
+        # the epoch's validation phase.
+        if self._fitting and not self._epoch_done and not self.learn._evaluating:
             self._row.update(vals)
             self._counts.update(dict.fromkeys(vals, sum(self._valid_loss.counts)))
             self._finish_epoch()
