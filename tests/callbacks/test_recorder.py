@@ -53,37 +53,33 @@ def test_valid_loss_is_the_average_over_validation_batches():
     assert learn.fit(1).history["val_loss"] == [4.0]
 
 
+class PeekAfterRecorder(Callback):
+    """After the Recorder's after_batch of each training batch, keeps `look(recorder)`."""
+
+    order = 55
+    run_valid = False
+
+    def __init__(self, look) -> None:
+        self.look, self.seen = look, []
+
+    def after_batch(self):
+        self.seen.append(self.look(self.learn.recorder))
+
+
 def test_per_batch_losses_stay_on_the_device_until_the_epoch_ends():
-    pending = []
-
-    class Peek(Callback):
-        order = 55  # after the Recorder's after_batch
-        run_valid = False
-
-        def after_batch(self):
-            pending.append(len(self.learn.recorder._pending))
-
-    learn = scripted_learner([1.0, 2.0, 3.0], n_train=3, bs=1, cbs=Peek())
+    peek = PeekAfterRecorder(lambda recorder: len(recorder._pending))
+    learn = scripted_learner([1.0, 2.0, 3.0], n_train=3, bs=1, cbs=peek)
     learn.fit(1)
-    assert pending == [1, 2, 3]  # nothing was read back per batch
+    assert peek.seen == [1, 2, 3]  # nothing was read back per batch
     assert learn.recorder._pending == [] and learn.recorder.losses == [1.0, 2.0, 3.0]
 
 
 def test_hyper_parameters_read_mid_epoch_cover_every_batch_so_far_without_reading_losses():
-    seen = []
-
-    class Peek(Callback):
-        order = 55  # after the Recorder's after_batch
-        run_valid = False
-
-        def after_batch(self):
-            recorder = self.learn.recorder
-            seen.append((list(recorder.hps["lr"]), len(recorder._pending)))
-
-    learn = scripted_learner([1.0, 2.0, 3.0], n_train=3, bs=1, cbs=Peek(), lr=0.5)
+    peek = PeekAfterRecorder(lambda recorder: (list(recorder.hps["lr"]), len(recorder._pending)))
+    learn = scripted_learner([1.0, 2.0, 3.0], n_train=3, bs=1, cbs=peek, lr=0.5)
     learn.fit(1)
     # The lr list grows batch by batch while the three losses stay pending on the device.
-    assert seen == [([0.5], 1), ([0.5, 0.5], 2), ([0.5, 0.5, 0.5], 3)]
+    assert peek.seen == [([0.5], 1), ([0.5, 0.5], 2), ([0.5, 0.5, 0.5], 3)]
 
 
 def test_learning_rate_and_momentum_are_recorded_per_training_batch():
