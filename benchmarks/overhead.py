@@ -1,6 +1,6 @@
 """Loop overhead: hookloop against a hand-written PyTorch loop, measured side by side.
 
-Run `python benchmarks/overhead.py` (under a minute on an idle machine). Every configuration
+Run `python benchmarks/overhead.py` (about 30 s on an idle machine). Every configuration
 trains the same tiny MLP (Linear(32,32)-ReLU-Linear(32,10), bs 64, SGD, cross-entropy,
 pre-made batches, one CPU thread) for one epoch at a time; the configurations take turns
 (interleaved, in a shuffled order each round), and each epoch's time is divided by the
@@ -8,13 +8,26 @@ reference's epoch time of the same round. The tables show the median of those pa
 their min-max: a noisy neighbour slows both sides of a pair alike. The default clock is this
 thread's CPU time, which leaves out the time spent waiting for a busy CPU (`--clock wall` to
 compare). Timings are printed, never asserted in tests.
+
+Rows for PyTorch-Ignite, Lightning and fastai are added when the library can be imported (CI
+installs none of them), each on the same model, optimizer settings and batches, without a
+progress bar, logger or checkpoints, and each against the plain loop. Installing them unpinned
+lets pip replace torch with another version (a CUDA build of several GB), so pin the installed one:
+    echo "torch==$(python -c 'import torch; print(torch.__version__)')" > torch-constraint.txt
+    pip install -c torch-constraint.txt pytorch-ignite lightning fastai
+If `python -c "import torchvision"` then fails (fastai pulled a CUDA torchvision next to a CPU
+torch), `pip uninstall torchvision`: no row needs it, and a broken one makes `import lightning`
+fail (through torchmetrics). A library that fails to import or to run an epoch is left out with
+a one-line note. With all three rows the benchmark takes about a minute.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import importlib.util
+import logging
 import math
 import os
 import platform
@@ -22,7 +35,7 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -133,30 +146,162 @@ def hookloop_loop(
     return learn
 
 
+class Batches:
+    """The pre-made batch list behind the minimal interface the other libraries' loops use.
+
+    Lightning reads a bare list as a list of loaders (each tuple would be a loader of its own),
+    so it needs a non-list iterable. fastai takes the list as it is, but its loop looks up the
+    loader's `device` and `n_inp` on every batch, which its own DataLoader answers directly and
+    a list only through a failed lookup; they are given here as fastai's DataLoader gives them.
+    """
+
+    n_inp = 1
+
+    def __init__(self, batches: list) -> None:
+        self.batches = batches
+        self.device = torch.device("cpu")
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return iter(self.batches)
+
+    def to(self, device: torch.device) -> Batches:
+        self.device = device
+        return self
+
+
+def ignite_row(
+    model: nn.Module, opt: torch.optim.Optimizer, train: list, valid: list, log: list
+) -> Callable[[], None]:
+    from ignite.engine import create_supervised_evaluator, create_supervised_trainer
+    from ignite.metrics import Loss
+
+    loss_func = nn.CrossEntropyLoss()
+    trainer = create_supervised_trainer(model, opt, loss_func)
+    # Loss averages over samples (batch loss times batch size), as the plain loop does.
+    evaluator = create_supervised_evaluator(model, metrics={"loss": Loss(loss_func)})
+
+    def epoch() -> None:
+        # A finished run restarts from epoch 0 on the next run() call: one epoch per call.
+        trainer.run(train, max_epochs=1)
+        evaluator.run(valid)
+        log.append(f"valid_loss {evaluator.state.metrics['loss']:.4f}")
+
+    return epoch
+
+
+def lightning_row(
+    model: nn.Module, opt: torch.optim.Optimizer, train: list, valid: list, log: list
+) -> Callable[[], None]:
+    import lightning
+
+    # Its info lines ("GPU available", tips, "`Trainer.fit` stopped" after every fit) go to a
+    # handler bound to the real stderr, which the redirection around the timings cannot reach.
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+
+    class Module(lightning.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+            self.loss_func = nn.CrossEntropyLoss()
+
+        def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], i: int) -> torch.Tensor:
+            xb, yb = batch
+            return self.loss_func(self.model(xb), yb)
+
+        def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], i: int) -> None:
+            xb, yb = batch
+            # Lightning's own way to a validation loss: the epoch's mean weighted by batch_size.
+            self.log("valid_loss", self.loss_func(self.model(xb), yb), batch_size=len(yb))
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return opt  # the plain loop's optimizer object, as for the hookloop rows
+
+    module = Module()
+    trainer = lightning.Trainer(
+        max_epochs=0,  # raised by one before each fit(): one Trainer, one more epoch per call
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,  # else every fit() would start with 2 extra validation batches
+        accelerator="cpu",
+        devices=1,
+    )
+    train_batches, valid_batches = Batches(train), Batches(valid)
+
+    def epoch() -> None:
+        # Lightning 2 keeps the mode it finds instead of calling train() (and warns if any
+        # module is in eval mode); the other rows left the shared model in eval mode.
+        module.train()
+        trainer.fit_loop.max_epochs += 1
+        trainer.fit(module, train_dataloaders=train_batches, val_dataloaders=valid_batches)
+        log.append(f"valid_loss {float(trainer.callback_metrics['valid_loss']):.4f}")
+
+    return epoch
+
+
+def fastai_row(
+    model: nn.Module, opt: torch.optim.Optimizer, train: list, valid: list, log: list
+) -> Callable[[], None]:
+    from functools import partial
+
+    from fastai.callback.progress import ProgressCallback
+    from fastai.data.core import DataLoaders as FastaiDataLoaders
+    from fastai.learner import Learner as FastaiLearner
+    from fastai.optimizer import SGD
+
+    dls = FastaiDataLoaders(Batches(train), Batches(valid), device=torch.device("cpu"))
+    learn = FastaiLearner(
+        dls,
+        model,
+        loss_func=nn.CrossEntropyLoss(),
+        # fastai drives its optimizer through set_hypers, which a torch optimizer lacks, so
+        # not the plain loop's object: fastai's SGD with mom=0 and wd=0 is fastai's plain
+        # SGD, the same update as torch.optim.SGD(lr=0.01) on the same parameters.
+        opt_func=partial(SGD, mom=0.0, wd=0.0),
+        lr=0.01,
+        cbs=[],
+    )
+    learn.remove_cb(ProgressCallback)
+    # The Recorder's line per epoch goes to the list the other rows write to, not to print().
+    learn.logger = log.append
+    return lambda: learn.fit(1)
+
+
+OPTIONAL_ROWS = (
+    # (row name, library, module to import, distribution for the version, row builder, note)
+    ("Ignite", "Ignite", "ignite", "pytorch-ignite", ignite_row, ""),
+    ("Lightning (no bar)", "Lightning", "lightning", "lightning", lightning_row, ""),
+    ("fastai (no bar)", "fastai", "fastai", "fastai", fastai_row, " (fastai's SGD, mom=0 wd=0)"),
+)
+
+
 def optional_rows(
-    model: nn.Module, opt: torch.optim.Optimizer, train: list, valid: list
+    model: nn.Module, opt: torch.optim.Optimizer, train: list, valid: list, log: list
 ) -> tuple[dict[str, Callable[[], None]], list[str]]:
-    """Rows for other libraries, when installed; the second item says what was left out."""
+    """Rows for other libraries, when installed; the second item says what each row used."""
     rows: dict[str, Callable[[], None]] = {}
     notes = []
-    if importlib.util.find_spec("ignite") is not None:
-        from ignite.engine import create_supervised_evaluator, create_supervised_trainer
-        from ignite.metrics import Loss
-
-        loss_func = nn.CrossEntropyLoss()
-        trainer = create_supervised_trainer(model, opt, loss_func)
-        evaluator = create_supervised_evaluator(model, metrics={"loss": Loss(loss_func)})
-
-        def ignite_epoch() -> None:
-            trainer.run(train, max_epochs=1)
-            evaluator.run(valid)
-
-        rows["Ignite"] = ignite_epoch
-    else:
-        notes.append("Ignite is not installed")
-    for name, module in (("fastai", "fastai"), ("Lightning", "lightning")):
-        state = "installed" if importlib.util.find_spec(module) is not None else "not installed"
-        notes.append(f"{name} is {state} (no row written for it yet)")
+    for row, library, module, distribution, build, note in OPTIONAL_ROWS:
+        if importlib.util.find_spec(module) is None:
+            notes.append(f"{library} is not installed")
+            continue
+        try:
+            with open(os.devnull, "w") as null:
+                with contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
+                    fn = build(model, opt, train, valid, log)
+                    # One epoch now, so that a library that cannot run here is left out
+                    # before the timings start, not in the middle of them.
+                    fn()
+        except Exception as e:
+            message = (str(e).splitlines() or [""])[0][:120]
+            notes.append(f"{library} left out, it failed: {type(e).__name__}: {message}")
+            continue
+        rows[row] = fn
+        notes.append(f"{library} {importlib.metadata.version(distribution)}{note}")
     return rows, notes
 
 
@@ -199,6 +344,9 @@ REFERENCES = {
     "hookloop barebones": "plain loop",
     "hookloop default": "plain loop + accuracy",
     "default + 50 inert cbs": "plain loop + accuracy",
+    "Ignite": "plain loop",
+    "Lightning (no bar)": "plain loop",
+    "fastai (no bar)": "plain loop",
 }
 
 
@@ -226,7 +374,7 @@ def loop_table(args: argparse.Namespace, clock: Callable[[], float]) -> list[str
                 True, [accuracy], [EpochCounter() for _ in range(50)]
             ),
         }
-        extra, notes = optional_rows(model, opt, train, valid)
+        extra, notes = optional_rows(model, opt, train, valid, log)
         fns.update(extra)
         with open(os.devnull, "w") as null:
             with contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
