@@ -120,6 +120,42 @@ def test_a_backward_handler_attached_during_a_fit_runs_from_the_next_batch():
     assert calls == [2, 3]  # train_iter before batches 0 and 1 of epoch 1
 
 
+def test_gradients_are_none_after_each_training_batch():
+    seen = []
+
+    class Grads(Callback):
+        run_valid = False
+
+        def after_step(self):
+            seen.append(all(p.grad is not None for p in self.learn.model.parameters()))
+
+        def after_batch(self):
+            seen.append(all(p.grad is None for p in self.learn.model.parameters()))
+
+    tiny_learner(cbs=Grads(), n_train=8, bs=4).fit(1)
+    assert seen == [True, True, True, True]  # 2 batches: grads at the step, None after
+
+
+def test_an_optimizer_with_its_own_zero_grad_gets_it_called_once_per_batch():
+    calls = []
+
+    class CountingSGD(torch.optim.SGD):
+        def zero_grad(self, set_to_none: bool = True) -> None:
+            calls.append(set_to_none)
+            super().zero_grad(set_to_none)
+
+    tiny_learner(opt_func=CountingSGD, n_train=12, bs=4).fit(2)
+    assert calls == [True] * 6  # 3 batches x 2 epochs
+
+
+def test_under_torch_profiler_the_zero_grad_annotation_is_recorded():
+    learn = tiny_learner(opt_func=torch.optim.SGD, n_train=8, bs=4)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        learn.fit(1)
+    names = [e.name for e in prof.events()]
+    assert names.count("Optimizer.zero_grad#SGD.zero_grad") == 2
+
+
 class ValidateAtFirstBatch(Callback):
     """Calls learn.validate() after the first training batch of each epoch."""
 
