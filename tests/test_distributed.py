@@ -21,6 +21,7 @@ from hookloop import (
     DataLoaders,
     DistributedTrainer,
     EarlyStopping,
+    GradientAccumulation,
     Learner,
     Metric,
     SaveModel,
@@ -235,6 +236,24 @@ class RankScore(Metric):
         return self.SCORES[rank()][self.epoch]
 
 
+class CountAllReduces(Callback):
+    """Counts DDP's gradient all-reduces (one per bucket; this model has one bucket)."""
+
+    order = 2000  # after DistributedTrainer has wrapped the model in before_fit
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def before_fit(self) -> None:
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+        def hook(state, bucket):
+            self.calls.append(self.learn.train_iter)
+            return default_hooks.allreduce_hook(state, bucket)
+
+        self.learn.model.register_comm_hook(None, hook)
+
+
 def _ddp_scenario(rank_: int, folder: Path) -> None:
     results: dict = {}
     # 1. The same script as the single-process reference, with half the batch per rank.
@@ -288,6 +307,13 @@ def _ddp_scenario(rank_: int, folder: Path) -> None:
     learn.fit(3)
     results["nan_weights"] = {k: v.clone() for k, v in learn.model.state_dict().items()}
     results["nan_steps"] = learn.train_iter
+    # 7. Gradient accumulation over 2 micro-batches of 4 per rank (16 samples a step, as the
+    #    reference's bs 16): the non-stepping micro-batch skips the all-reduce.
+    counter = CountAllReduces()
+    learn = _learner(bs=4, path=folder, cbs=[GradientAccumulation(steps=2), counter])
+    learn.fit(3)
+    results["acc_weights"] = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    results["acc_allreduces"] = len(counter.calls)
     torch.save(results, folder / f"result{rank_}.pt")
 
 
@@ -402,6 +428,15 @@ def test_fsdp_sharded_model_trains_like_one_process_with_twice_the_batch(ddp_run
             assert torch.allclose(res["fsdp_weights"][name], value, atol=1e-6, rtol=0), name
         valid = [row["valid_loss"] for row in res["fsdp_rows"]]
         assert valid == pytest.approx([r["valid_loss"] for r in single_mlp.recorder.rows])
+
+
+def test_accumulated_micro_batches_all_reduce_once_per_step_and_match_one_process(ddp_run):
+    single, _, results, _ = ddp_run
+    for res in results:
+        for name, value in single.model.state_dict().items():
+            assert torch.allclose(res["acc_weights"][name], value, atol=1e-6, rtol=0), name
+        # 32 samples per rank per epoch in micro-batches of 4: 8 micro-batches, 4 steps; 3 epochs.
+        assert res["acc_allreduces"] == 12
 
 
 # ---- two processes: a failure on one rank -------------------------------------------------

@@ -244,7 +244,9 @@ class GradientAccumulation(Callback):
     then `before_step` raises CancelBatchException (as fastai), which skips the step and
     zero_grad, so the gradients add up. The recorded `loss` stays unscaled. The count carries
     over epoch boundaries (as fastai); a partial accumulation left at the end of `fit` is
-    discarded (the gradients are zeroed), so it never leaks into a later fit.
+    discarded (the gradients are zeroed), so it never leaks into a later fit. Under
+    DistributedDataParallel the micro-batches that do not step run in `no_sync()`: their
+    gradients add up on each rank and are all-reduced once, with the stepping micro-batch.
 
     Example:
         learn = Learner(model, DataLoaders.from_tensors(x, y, bs=16),
@@ -269,6 +271,7 @@ class GradientAccumulation(Callback):
         self.count = 0
         self._pending: dict | None = None
         self._loaded = False
+        self._no_sync: Any = None  # DDP's no_sync context while a non-stepping batch runs
 
     def _size(self) -> int:
         return 1 if self.steps is not None else find_bs(self.learn.yb)
@@ -299,6 +302,24 @@ class GradientAccumulation(Callback):
 
     def after_exception(self) -> None:
         self._loaded = False  # the next fit starts clean
+        self._leave_no_sync()
+
+    def before_batch(self) -> None:
+        # DDP decides in the forward pass whether the backward all-reduces, so no_sync is
+        # entered before it, for a micro-batch that will not reach the step.
+        model = self.learn.model
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            if self.count + self._size() < self.target:
+                self._no_sync = model.no_sync()
+                self._no_sync.__enter__()
+
+    def after_batch(self) -> None:
+        self._leave_no_sync()
+
+    def _leave_no_sync(self) -> None:
+        if self._no_sync is not None:
+            context, self._no_sync = self._no_sync, None
+            context.__exit__(None, None, None)
 
     def before_backward(self) -> None:
         # A new tensor: learn.loss shares storage with loss_grad and must stay unscaled.
