@@ -65,7 +65,6 @@ _LOOP_STATE = (
     "loss",
     "loss_grad",
     "_training",
-    "_in_fit",
 )
 
 
@@ -541,14 +540,8 @@ class Learner:
                 n = self.train_iter + 1
                 self.train_iter, self.pct_train = n, n / self._total_iters
             # Read again: a handler may have switched the phase's table (validate() in a callback).
-            for handler in self._handlers["after_batch"]:
-                try:
-                    handler()
-                except CancelException:
-                    raise
-                except BaseException as e:
-                    _note(e, handler, "after_batch")
-                    raise
+            if self._handlers["after_batch"]:
+                self("after_batch")
 
     def _do_backward(self) -> None:
         self.loss_grad.backward()
@@ -673,7 +666,7 @@ class Learner:
         self.dl = dl
         try:
             with torch.no_grad():
-                if saved["_in_fit"]:
+                if self._in_fit:
                     # The fit's own guard reports an error (after_exception fires once).
                     self._with_events(self._all_batches, "validate")
                 else:

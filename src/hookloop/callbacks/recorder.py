@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from ..callback import Callback
 from ..data import find_bs
@@ -249,10 +248,7 @@ class Recorder(Callback):
         if loss is None:
             return
         if learn._training:
-            b = learn.yb or learn.xb
-            first = b[0]
-            # The common batch holds tensors: read its size without find_bs's walk.
-            bs = len(first) if type(first) is Tensor and first.ndim else find_bs(b)
+            bs = find_bs(learn.yb or learn.xb)
             group = learn.opt.param_groups[-1]
             mom_key = self._mom_key
             mom = group[mom_key] if mom_key is not None else None
