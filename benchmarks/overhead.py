@@ -47,6 +47,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from hookloop import Callback, DataLoaders, Learner, accuracy
+from hookloop.events import EVENTS
 
 N_FEATURES, N_CLASSES, BS = 32, 10, 64
 CLOCKS = {"cpu": time.thread_time, "wall": time.perf_counter}
@@ -442,16 +443,11 @@ def loop_table(args: argparse.Namespace, clock: Callable[[], float]) -> list[str
     return lines
 
 
-# The events of one training step, in the order the loop fires them.
-STEP_EVENTS = (
-    "before_batch",
-    "after_pred",
-    "after_loss",
-    "before_backward",
-    "after_backward",
-    "before_step",
-    "after_step",
-    "after_batch",
+# The events of one training step that is not cancelled, in the order the loop fires them.
+STEP_EVENTS = tuple(
+    e
+    for e in EVENTS[EVENTS.index("before_batch") : EVENTS.index("after_batch") + 1]
+    if not e.startswith("after_cancel")
 )
 FIT_EVENTS = ("before_fit", "before_epoch", "after_epoch", "after_fit")
 
