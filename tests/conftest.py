@@ -20,6 +20,14 @@ def tiny_dls(n_train: int = 4, n_valid: int = 4, bs: int = 4, seed: int = 0) -> 
     return DataLoaders.from_tensors(xt, yt, valid=(xv, yv), bs=bs, shuffle=False)
 
 
+def sign_dls(bs: int = 16) -> DataLoaders:
+    """48 training rows (3 batches of 16) and 16 validation rows (1 batch); y = x[:, 0] > 0."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4, generator=g)
+    y = (x[:, 0] > 0).long()
+    return DataLoaders.from_tensors(x, y, valid_pct=0.25, bs=bs, seed=0)
+
+
 def tiny_learner(cbs=None, n_train: int = 4, n_valid: int = 4, bs: int = 4, **kwargs) -> Learner:
     torch.manual_seed(0)
     kwargs.setdefault("device", "cpu")

@@ -12,15 +12,8 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import sign_dls
 from hookloop import *
-
-
-def small_data() -> DataLoaders:
-    """48 training rows (3 batches of 16) and 16 validation rows (1 batch); y = x[:, 0] > 0."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(64, 4, generator=g)
-    y = (x[:, 0] > 0).long()
-    return DataLoaders.from_tensors(x, y, valid_pct=0.25, bs=16, seed=0)
 
 
 @pytest.fixture
@@ -28,7 +21,7 @@ def data(tmp_path, monkeypatch):
     # fastai v1 called its DataBunch `data`; snippets write under the working directory.
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
-    return small_data()
+    return sign_dls()
 
 
 @pytest.fixture

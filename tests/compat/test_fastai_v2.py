@@ -11,15 +11,8 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import sign_dls
 from hookloop import *
-
-
-def small_dls() -> DataLoaders:
-    """48 training rows (3 batches of 16) and 16 validation rows (1 batch); y = x[:, 0] > 0."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(64, 4, generator=g)
-    y = (x[:, 0] > 0).long()
-    return DataLoaders.from_tensors(x, y, valid_pct=0.25, bs=16, seed=0)
 
 
 @pytest.fixture
@@ -27,7 +20,7 @@ def dls(tmp_path, monkeypatch):
     # Snippets write to the working directory (models/, history.csv): keep that in tmp_path.
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
-    return small_dls()
+    return sign_dls()
 
 
 @pytest.fixture

@@ -20,14 +20,7 @@ import torch
 from torch import nn
 
 import hookloop as hl
-
-
-def small_dls(bs: int = 16) -> hl.DataLoaders:
-    """48 training rows (3 batches of 16) and 16 validation rows (1 batch); y = x[:, 0] > 0."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(64, 4, generator=g)
-    y = (x[:, 0] > 0).long()
-    return hl.DataLoaders.from_tensors(x, y, valid_pct=0.25, bs=bs, seed=0)
+from conftest import sign_dls
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +31,7 @@ def in_tmp_path(tmp_path, monkeypatch):
 def classifier(**kwargs) -> hl.Learner:
     torch.manual_seed(0)
     return hl.Learner(
-        nn.Linear(4, 2), small_dls(), nn.CrossEntropyLoss(), metrics=hl.accuracy, **kwargs
+        nn.Linear(4, 2), sign_dls(), nn.CrossEntropyLoss(), metrics=hl.accuracy, **kwargs
     )
 
 
