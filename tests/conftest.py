@@ -38,6 +38,23 @@ def tiny_learner(cbs=None, n_train: int = 4, n_valid: int = 4, bs: int = 4, **kw
     return learn
 
 
+def tensor_learner(model, x, y, bs, cbs=None, lr=0.1, loss_func=None, valid=None, **kwargs):
+    """A Learner with SGD on CPU over (x, y) in unshuffled batches of `bs` (MSE by default)."""
+    dls = DataLoaders.from_tensors(x, y, valid_pct=None, valid=valid, bs=bs, shuffle=False)
+    learn = Learner(
+        model,
+        dls,
+        loss_func or nn.MSELoss(),
+        opt_func=torch.optim.SGD,
+        lr=lr,
+        cbs=cbs,
+        device="cpu",
+        **kwargs,
+    )
+    learn.logger = lambda line: None
+    return learn
+
+
 class EventLog(Callback):
     """Appends the name of every event it sees to `self.events`."""
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import tensor_learner
 from hookloop import Callback, CutMix, DataLoaders, Learner, MixUp, accuracy
 from hookloop.callbacks.mixup import MixedLoss, sample_beta
 from hookloop.checkpoint import atomic_save, safe_load
@@ -54,18 +55,7 @@ def identity_learner(x, y, cbs, loss_func=None, valid=None, lr=0.0):
     with torch.no_grad():
         model.weight.fill_(1.0)
         model.bias.zero_()
-    dls = DataLoaders.from_tensors(x, y, valid_pct=None, valid=valid, bs=len(x), shuffle=False)
-    learn = Learner(
-        model,
-        dls,
-        loss_func or nn.MSELoss(),
-        opt_func=torch.optim.SGD,
-        lr=lr,
-        cbs=cbs,
-        device="cpu",
-    )
-    learn.logger = lambda line: None
-    return learn
+    return tensor_learner(model, x, y, len(x), cbs=cbs, lr=lr, loss_func=loss_func, valid=valid)
 
 
 def classifier_learner(y, cbs, n=8, seed=0, **kwargs):

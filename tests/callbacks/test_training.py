@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import tensor_learner
 from hookloop import (
     EMA,
     Callback,
@@ -21,22 +22,6 @@ from hookloop import (
     accuracy,
 )
 from hookloop.checkpoint import atomic_save, safe_load
-
-
-def make_learner(model, x, y, bs, cbs=None, lr=0.1, loss_func=None, valid=None, **kwargs):
-    dls = DataLoaders.from_tensors(x, y, valid_pct=None, valid=valid, bs=bs, shuffle=False)
-    learn = Learner(
-        model,
-        dls,
-        loss_func or nn.MSELoss(),
-        opt_func=torch.optim.SGD,
-        lr=lr,
-        cbs=cbs,
-        device="cpu",
-        **kwargs,
-    )
-    learn.logger = lambda line: None
-    return learn
 
 
 def unit_linear() -> nn.Linear:
@@ -73,8 +58,8 @@ def test_two_accumulated_batches_of_16_give_the_weights_of_one_batch_of_32():
     torch.manual_seed(0)
     x, y = torch.randn(32, 4), torch.randn(32, 1)
     init = nn.Linear(4, 1)
-    small = make_learner(nn.Linear(4, 1), x, y, bs=16, cbs=GradientAccumulation(n_acc=32))
-    big = make_learner(nn.Linear(4, 1), x, y, bs=32)
+    small = tensor_learner(nn.Linear(4, 1), x, y, bs=16, cbs=GradientAccumulation(n_acc=32))
+    big = tensor_learner(nn.Linear(4, 1), x, y, bs=32)
     for m in (small.model, big.model):
         m.load_state_dict(init.state_dict())
     small.fit(1)
@@ -88,8 +73,8 @@ def test_steps_counts_micro_batches_instead_of_samples():
     torch.manual_seed(0)
     x, y = torch.randn(32, 4), torch.randn(32, 1)
     init = nn.Linear(4, 1)
-    small = make_learner(nn.Linear(4, 1), x, y, bs=8, cbs=GradientAccumulation(steps=4))
-    big = make_learner(nn.Linear(4, 1), x, y, bs=32)
+    small = tensor_learner(nn.Linear(4, 1), x, y, bs=8, cbs=GradientAccumulation(steps=4))
+    big = tensor_learner(nn.Linear(4, 1), x, y, bs=32)
     for m in (small.model, big.model):
         m.load_state_dict(init.state_dict())
     small.fit(1)
@@ -102,7 +87,7 @@ def test_accumulation_records_the_unscaled_loss_of_each_micro_batch():
     # x = 2, 2 and targets 6, 4 with w = 1: losses (2-6)^2 = 16 and (2-4)^2 = 4; no step
     # happens between them, so both use w = 1.
     x, y = torch.tensor([[2.0], [2.0]]), torch.tensor([[6.0], [4.0]])
-    learn = make_learner(unit_linear(), x, y, bs=1, cbs=GradientAccumulation(n_acc=2))
+    learn = tensor_learner(unit_linear(), x, y, bs=1, cbs=GradientAccumulation(n_acc=2))
     learn.fit(1)
     assert learn.recorder.losses == [16.0, 4.0]
     # The step used the mean gradient: (-16 + -8) / 2 = -12, so w = 1 + 0.1 * 12 = 2.2.
@@ -113,14 +98,14 @@ def test_accumulation_count_carries_over_epoch_boundaries():
     # 3 batches of 16 per epoch, a step every 32 samples: steps after batches 2, 4 and 6.
     counter = CountSteps()
     x, y = torch.randn(48, 4), torch.randn(48, 1)
-    learn = make_learner(nn.Linear(4, 1), x, y, bs=16, cbs=[GradientAccumulation(32), counter])
+    learn = tensor_learner(nn.Linear(4, 1), x, y, bs=16, cbs=[GradientAccumulation(32), counter])
     learn.fit(2)
     assert counter.batches_stepped == [1, 3, 5]  # train_iter counts from 0 before after_batch
 
 
 def test_a_partial_accumulation_is_discarded_at_the_end_of_fit():
     x, y = torch.randn(48, 4), torch.randn(48, 1)
-    learn = make_learner(nn.Linear(4, 1), x, y, bs=16, cbs=GradientAccumulation(32))
+    learn = tensor_learner(nn.Linear(4, 1), x, y, bs=16, cbs=GradientAccumulation(32))
     learn.fit(1)  # 48 samples: one step at 32, 16 samples left over
     assert learn.gradient_accumulation.count == 0
     assert all(p.grad is None for p in learn.model.parameters())
@@ -150,8 +135,8 @@ def test_accumulation_resumes_exactly_from_its_saved_count_and_the_saved_gradien
             for p, g in zip(params, saved["grads"]):
                 p.grad = g
 
-    plain = make_learner(nn.Linear(4, 1), x, y, bs=16, cbs=GradientAccumulation(32))
-    restored = make_learner(
+    plain = tensor_learner(nn.Linear(4, 1), x, y, bs=16, cbs=GradientAccumulation(32))
+    restored = tensor_learner(
         nn.Linear(4, 1), x, y, bs=16, cbs=[GradientAccumulation(32), CrashAndRestore()]
     )
     for m in (plain.model, restored.model):
@@ -167,20 +152,20 @@ def test_accumulation_resumes_exactly_from_its_saved_count_and_the_saved_gradien
 
 def test_clip_scales_a_gradient_of_norm_16_down_to_max_norm_1():
     # Unclipped, SGD with lr 0.1 moves w from 1 to 1 + 0.1 * 16 = 2.6; clipped to norm 1: 1.1.
-    learn = make_learner(unit_linear(), *one_sample(), bs=1, cbs=GradientClip(max_norm=1.0))
+    learn = tensor_learner(unit_linear(), *one_sample(), bs=1, cbs=GradientClip(max_norm=1.0))
     learn.fit(1)
     assert learn.gradient_clip.last_norm.item() == pytest.approx(16.0)
     assert learn.model.weight.item() == pytest.approx(1.1)
 
 
 def test_clip_leaves_a_gradient_within_max_norm_unchanged():
-    learn = make_learner(unit_linear(), *one_sample(), bs=1, cbs=GradientClip(max_norm=100.0))
+    learn = tensor_learner(unit_linear(), *one_sample(), bs=1, cbs=GradientClip(max_norm=100.0))
     learn.fit(1)
     assert learn.model.weight.item() == pytest.approx(2.6)
 
 
 def test_clip_value_clamps_each_gradient_element():
-    learn = make_learner(
+    learn = tensor_learner(
         unit_linear(), *one_sample(), bs=1, cbs=GradientClip(max_norm=None, clip_value=0.5)
     )
     learn.fit(1)
@@ -201,7 +186,7 @@ def test_total_norm_after_clipping_is_at_most_max_norm_and_equal_when_it_was_lar
     torch.manual_seed(0)
     x, y = torch.randn(64, 8) * 5, torch.randn(64, 1) * 5
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
-    learn = make_learner(model, x, y, bs=8, cbs=[NormAfterClip(), GradientClip(max_norm=0.5)])
+    learn = tensor_learner(model, x, y, bs=8, cbs=[NormAfterClip(), GradientClip(max_norm=0.5)])
     learn.fit(2)
     assert len(seen) == 16
     assert any(before > 0.5 for before, _ in seen)
@@ -235,7 +220,7 @@ class DtypeProbe(Callback):
 def test_bf16_autocast_makes_the_forward_output_bfloat16_on_cpu():
     probe = DtypeProbe()
     x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
-    learn = make_learner(
+    learn = tensor_learner(
         nn.Linear(4, 2),
         x,
         y,
@@ -255,7 +240,7 @@ def test_bf16_autocast_makes_the_forward_output_bfloat16_on_cpu():
 def test_without_mixed_precision_the_forward_output_stays_float32():
     probe = DtypeProbe()
     x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
-    learn = make_learner(nn.Linear(4, 2), x, y, bs=4, loss_func=nn.CrossEntropyLoss(), cbs=probe)
+    learn = tensor_learner(nn.Linear(4, 2), x, y, bs=4, loss_func=nn.CrossEntropyLoss(), cbs=probe)
     learn.fit(1)
     assert probe.pred_dtypes == [torch.float32] * 2
 
@@ -272,12 +257,12 @@ def test_autocast_is_left_when_a_batch_is_cancelled_or_fails_inside_it():
 
     x, y = torch.randn(8, 4), torch.randn(8, 2)
     for exc in (CancelBatchException(), CancelFitException()):
-        learn = make_learner(
+        learn = tensor_learner(
             nn.Linear(4, 2), x, y, bs=4, cbs=[MixedPrecision("bf16"), Interrupt(exc)]
         )
         learn.fit(1)
         assert not torch.is_autocast_enabled("cpu")
-    learn = make_learner(
+    learn = tensor_learner(
         nn.Linear(4, 2), x, y, bs=4, cbs=[MixedPrecision("bf16"), Interrupt(RuntimeError("x"))]
     )
     with pytest.raises(RuntimeError):
@@ -294,7 +279,7 @@ def test_fp16_scales_loss_grad_by_the_scaler_and_records_the_unscaled_loss():
         def before_backward(self):
             seen.append((self.learn.loss_grad.item(), self.learn.loss.item()))
 
-    learn = make_learner(
+    learn = tensor_learner(
         unit_linear(), *one_sample(), bs=1, cbs=[MixedPrecision(torch.float16, 1024.0), Probe()]
     )
     learn.fit(1)
@@ -305,7 +290,7 @@ def test_fp16_scales_loss_grad_by_the_scaler_and_records_the_unscaled_loss():
 def test_fp16_step_equals_the_fp32_step_because_gradients_are_unscaled_first():
     # With scale 1024 the float16 gradient of pred, 2 * (2 - 6) * 1024 = -8192, is finite (the
     # default 65536 overflows float16's 65504 here, and that step would be skipped).
-    learn = make_learner(
+    learn = tensor_learner(
         unit_linear(), *one_sample(), bs=1, cbs=MixedPrecision(torch.float16, 1024.0)
     )
     learn.fit(1)
@@ -314,7 +299,7 @@ def test_fp16_step_equals_the_fp32_step_because_gradients_are_unscaled_first():
 
 def test_fp16_clipping_sees_the_unscaled_gradient():
     # If GradientClip saw the scaled gradient (-16 * 1024) the step would be ~1e-4, not 0.1.
-    learn = make_learner(
+    learn = tensor_learner(
         unit_linear(),
         *one_sample(),
         bs=1,
@@ -332,7 +317,7 @@ def test_fp16_skips_the_step_and_halves_the_scale_when_gradients_overflow():
                 self.learn.model.weight.grad.fill_(float("inf"))
 
     x, y = torch.tensor([[2.0], [2.0]]), torch.tensor([[6.0], [6.0]])
-    learn = make_learner(
+    learn = tensor_learner(
         unit_linear(), x, y, bs=1, cbs=[MixedPrecision(torch.float16, 1024.0), Overflow()]
     )
     learn.fit(1)
@@ -346,7 +331,7 @@ def test_fp16_scaler_updates_only_on_steps_taken_under_accumulation():
     # 2 steps, so 1024 -> 4096 (an update per micro-batch would give 16384).
     x, y = torch.randn(4, 1), torch.randn(4, 1)
     mp = MixedPrecision(torch.float16, init_scale=1024.0, growth_interval=1)
-    learn = make_learner(nn.Linear(1, 1), x, y, bs=1, cbs=[mp, GradientAccumulation(steps=2)])
+    learn = tensor_learner(nn.Linear(1, 1), x, y, bs=1, cbs=[mp, GradientAccumulation(steps=2)])
     learn.fit(1)
     assert mp.scaler.get_scale() == 4096.0
 
@@ -355,10 +340,10 @@ def test_fp16_accumulation_gives_the_same_weights_as_fp32_accumulation():
     torch.manual_seed(0)
     x, y = torch.randn(32, 4), torch.randn(32, 1)
     init = nn.Linear(4, 1)
-    fp16 = make_learner(
+    fp16 = tensor_learner(
         nn.Linear(4, 1), x, y, bs=16, cbs=[MixedPrecision("fp16", 1024.0), GradientAccumulation(32)]
     )
-    fp32 = make_learner(nn.Linear(4, 1), x, y, bs=32)
+    fp32 = tensor_learner(nn.Linear(4, 1), x, y, bs=32)
     for m in (fp16.model, fp32.model):
         m.load_state_dict(init.state_dict())
     fp16.fit(1)
@@ -369,18 +354,18 @@ def test_fp16_accumulation_gives_the_same_weights_as_fp32_accumulation():
 
 def test_mixed_precision_state_holds_the_scaler(tmp_path):
     mp = MixedPrecision(torch.float16, init_scale=1024.0, growth_interval=1)
-    learn = make_learner(unit_linear(), *one_sample(), bs=1, cbs=mp)
+    learn = tensor_learner(unit_linear(), *one_sample(), bs=1, cbs=mp)
     learn.fit(1)
     state = roundtrip(learn.mixed_precision.state_dict(), tmp_path)
     assert state["scaler"]["scale"] == 2048.0  # one finite step with growth_interval 1
     fresh = MixedPrecision(torch.float16)
     fresh.load_state_dict(state)
-    make_learner(unit_linear(), *one_sample(), bs=1, cbs=fresh)
+    tensor_learner(unit_linear(), *one_sample(), bs=1, cbs=fresh)
     assert fresh.state_dict()["scaler"]["scale"] == 2048.0
 
 
 def test_to_fp16_to_bf16_and_to_fp32_add_replace_and_remove_mixed_precision():
-    learn = make_learner(unit_linear(), *one_sample(), bs=1)
+    learn = tensor_learner(unit_linear(), *one_sample(), bs=1)
     assert learn.to_fp16() is learn
     assert learn.mixed_precision.dtype == torch.float16
     learn.to_bf16()
@@ -405,7 +390,7 @@ def test_fp16_on_cuda_produces_half_outputs():
 
 def test_show_loop_runs_accumulation_then_unscale_then_clip_before_the_step():
     cbs = [EMA(), GradientClip(), MixedPrecision(), MixUp(seed=0), GradientAccumulation()]
-    learn = make_learner(unit_linear(), *one_sample(), bs=1, cbs=cbs)
+    learn = tensor_learner(unit_linear(), *one_sample(), bs=1, cbs=cbs)
     lines = learn.show_loop().splitlines()
     before_step = next(line for line in lines if line.startswith("before_step"))
     assert "GradientAccumulation, MixedPrecision, GradientClip" in before_step
@@ -419,7 +404,7 @@ def test_show_loop_runs_accumulation_then_unscale_then_clip_before_the_step():
 def rising_learner(n_steps, cbs, valid=None):
     """w starts at 1 and SGD (lr 1) on the loss -w adds 1 per step: w = 1, 2, 3, ..."""
     x = torch.ones(n_steps, 1)
-    return make_learner(
+    return tensor_learner(
         unit_linear(),
         x,
         torch.zeros(n_steps, 1),
@@ -473,7 +458,7 @@ def test_ema_averages_float_buffers_and_copies_integer_ones():
     # BatchNorm with momentum 1 stores each batch's mean: 2, 4, 6 (the weight is fixed, lr 0).
     model = nn.Sequential(unit_linear(), nn.BatchNorm1d(1, momentum=1.0, affine=False))
     x = torch.tensor([[1.0], [3.0], [3.0], [5.0], [5.0], [7.0]])
-    learn = make_learner(model, x, torch.zeros(6, 1), bs=2, lr=0.0, cbs=EMA(decay=0.5))
+    learn = tensor_learner(model, x, torch.zeros(6, 1), bs=2, lr=0.0, cbs=EMA(decay=0.5))
     learn.fit(1)
     bn = learn.ema.model[1]
     # 0 -> 0.5*0 + 0.5*2 = 1 -> 0.5*1 + 0.5*4 = 2.5 -> 0.5*2.5 + 0.5*6 = 4.25
