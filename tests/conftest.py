@@ -55,6 +55,16 @@ def tensor_learner(model, x, y, bs, cbs=None, lr=0.1, loss_func=None, valid=None
     return learn
 
 
+class ScriptedLoss:
+    """Returns the next of `values` as the loss, with a gradient path through pred."""
+
+    def __init__(self, values):
+        self.values = list(values)
+
+    def __call__(self, pred, y):
+        return pred.sum() * 0 + self.values.pop(0)
+
+
 class EventLog(Callback):
     """Appends the name of every event it sees to `self.events`."""
 

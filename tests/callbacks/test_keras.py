@@ -5,19 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from conftest import tiny_learner
+from conftest import ScriptedLoss, tiny_learner
 from hookloop import Callback, DataLoaders, KerasCallback, Learner, mae
 from hookloop.callbacks.keras import BatchLogs
-
-
-class ScriptedLoss:
-    """Returns the next of `values` as the loss, with a gradient path through pred."""
-
-    def __init__(self, values):
-        self.values = list(values)
-
-    def __call__(self, pred, y):
-        return pred.sum() * 0 + self.values.pop(0)
 
 
 def scripted_learner(losses, n_train, n_valid, bs=1, **kwargs):

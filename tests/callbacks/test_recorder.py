@@ -6,18 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import tiny_learner
+from conftest import ScriptedLoss, tiny_learner
 from hookloop import Callback, DataLoaders, Learner, accuracy
-
-
-class ScriptedLoss:
-    """Returns the next value of `values` as the loss (with a gradient path through pred)."""
-
-    def __init__(self, values):
-        self.values = list(values)
-
-    def __call__(self, pred, y):
-        return pred.sum() * 0 + self.values.pop(0)
 
 
 def scripted_learner(train_losses, n_train, bs, valid_losses=(), **kwargs):
