@@ -1,7 +1,10 @@
-"""Shared test helpers: tiny data, a tiny learner, and a callback that logs every event."""
+"""Shared test helpers: tiny data and learners, a scripted loss, an HTTP server on 127.0.0.1,
+and a callback that logs every event."""
 
 from __future__ import annotations
 
+import http.server
+import threading
 import types
 
 import pytest
@@ -63,6 +66,32 @@ class ScriptedLoss:
 
     def __call__(self, pred, y):
         return pred.sum() * 0 + self.values.pop(0)
+
+
+@pytest.fixture
+def http_server():
+    """A real HTTP server on 127.0.0.1 recording every POST as (path, headers, body)."""
+    received = []
+    status = {"code": 200}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.path, dict(self.headers), body.decode()))
+            self.send_response(status["code"])
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    server.received, server.status = received, status
+    server.root = f"http://127.0.0.1:{server.server_address[1]}"
+    yield server
+    server.shutdown()
+    server.server_close()
 
 
 class EventLog(Callback):

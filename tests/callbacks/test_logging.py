@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import re
 import socket
 import sys
-import threading
 import urllib.parse
 import warnings
 
@@ -266,32 +264,6 @@ def test_tensorboard_rejects_a_bad_update_freq(freq):
 
 
 # ---- RemoteMonitor ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def http_server():
-    """A real HTTP server on 127.0.0.1 recording every POST as (path, headers, body)."""
-    received = []
-    status = {"code": 200}
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            received.append((self.path, dict(self.headers), body.decode()))
-            self.send_response(status["code"])
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    server.received, server.status = received, status
-    server.root = f"http://127.0.0.1:{server.server_address[1]}"
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 def test_remote_monitor_posts_each_epoch_as_a_form_field_holding_json(http_server):

@@ -7,11 +7,9 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import math
 import multiprocessing
-import threading
 import time
 import urllib.parse
 
@@ -454,40 +452,15 @@ def test_reduce_lr_on_plateau_doc_example_cuts_the_lr_after_patience_down_to_min
 # ---- RemoteMonitor -----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def http_server():
-    """A real HTTP server on 127.0.0.1 that records the path and body of every POST."""
-    received = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            received.append((self.path, body.decode()))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    server.received = received
-    server.root = f"http://127.0.0.1:{server.server_address[1]}"
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
 def test_remote_monitor_posts_each_epochs_logs(http_server):
     monitor = hl.RemoteMonitor(
         root=http_server.root, path="/publish/epoch/end/", field="data", headers=None
     )
     learn = classifier()
     history = learn.fit(2, callbacks=[monitor])
-    assert [path for path, _ in http_server.received] == ["/publish/epoch/end/"] * 2
+    assert [path for path, _, _ in http_server.received] == ["/publish/epoch/end/"] * 2
     posted = [
-        json.loads(urllib.parse.parse_qs(body)["data"][0]) for _, body in http_server.received
+        json.loads(urllib.parse.parse_qs(body)["data"][0]) for _, _, body in http_server.received
     ]
     assert [p["epoch"] for p in posted] == [0, 1]
     assert [p["val_accuracy"] for p in posted] == pytest.approx(history.history["val_accuracy"])
