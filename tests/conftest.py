@@ -1,5 +1,4 @@
-"""Shared test helpers: tiny data and learners, a scripted loss, an HTTP server on 127.0.0.1,
-and a callback that logs every event."""
+"""Shared test helpers: tiny data and learners, a scripted loss, a local HTTP server, event log."""
 
 from __future__ import annotations
 
