@@ -8,18 +8,11 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from ._util import camel_to_snake
 from .events import EVENTS, LEGACY_ALIASES
 
 if TYPE_CHECKING:
     from .learner import Learner
-
-_CAMEL_1 = re.compile("(.)([A-Z][a-z]+)")
-_CAMEL_2 = re.compile("([a-z0-9])([A-Z])")
-
-
-def camel_to_snake(name: str) -> str:
-    """`CSVLogger` -> `csv_logger`, `EarlyStopping` -> `early_stopping`."""
-    return _CAMEL_2.sub(r"\1_\2", _CAMEL_1.sub(r"\1_\2", name)).lower()
 
 
 def class_to_name(cls: type) -> str:
@@ -184,41 +177,51 @@ _PHASE_FREE_EVENTS = frozenset(
 )
 
 
-def build_dispatch(cbs: list[Callback], phase: str) -> dict[str, tuple[Callable, ...]]:
-    """For each event, the tuple of bound methods to call; `phase` is 'train' or 'valid'.
+def runs_in(cb: Callback, event: str, phase: str) -> bool:
+    """Whether `cb`'s handler of `event` belongs in the `phase` ('train' or 'valid') table."""
+    # run_train/run_valid gate one phase's events; fit- and epoch-level events fire in
+    # whichever table is current (before_fit runs while `training` is still False).
+    if event in _PHASE_FREE_EVENTS:
+        return True
+    return cb.run_train if phase == "train" else cb.run_valid
 
-    A callback that defines Keras hooks (`on_epoch_end(epoch, logs)`, ...) gets one bound
-    adapter per hook, on the event it maps to; only then is the stop_training check added.
+
+class DispatchExtension:
+    """Adds handlers beyond the event methods to the dispatch tables when they are rebuilt.
+
+    callbacks/keras.py registers one for the Keras hooks (`on_epoch_end(epoch, logs)`, ...), so
+    this core module knows no Keras. Append an instance to `DISPATCH_EXTENSIONS`.
     """
-    from .callbacks import keras  # late: that module imports this one
 
+    def handlers(self, cb: Callback, cbs: list[Callback], phase: str) -> list[tuple[str, Callable]]:
+        """(event, handler) pairs of `cb`, placed right after its own event methods."""
+        return []
+
+    def finish(self, table: dict[str, list[Callable]], cbs: list[Callback], phase: str) -> None:
+        """Change the whole table once every callback's handlers are in."""
+
+
+DISPATCH_EXTENSIONS: list[DispatchExtension] = []
+
+
+def build_dispatch(cbs: list[Callback], phase: str) -> dict[str, tuple[Callable, ...]]:
+    """For each event, the tuple of bound methods to call; `phase` is 'train' or 'valid'."""
     table: dict[str, list[Callable]] = {e: [] for e in EVENTS}
-    keras_cbs = [cb for cb in cbs if keras.has_keras_hooks(cb)]
-    predicting = bool(keras_cbs) and keras.is_predicting(cbs)
     for cb in cbs:
-        # run_train/run_valid gate one phase's events; fit- and epoch-level events fire in
-        # whichever table is current (before_fit runs while `training` is still False).
-        skip_phase = (phase == "train" and not cb.run_train) or (
-            phase == "valid" and not cb.run_valid
-        )
         for event in EVENTS:
-            if skip_phase and event not in _PHASE_FREE_EVENTS:
-                continue
             h = _handler(cb, event)
-            if h is not None:
+            if h is not None and runs_in(cb, event, phase):
                 table[event].append(h)
         for legacy, event in LEGACY_ALIASES.items():
-            if skip_phase and event not in _PHASE_FREE_EVENTS:
-                continue
             h = _handler(cb, legacy)
-            if h is not None and _handler(cb, event) is None:
+            if h is not None and _handler(cb, event) is None and runs_in(cb, event, phase):
                 table[event].append(h)
-        if cb in keras_cbs:
-            for event, h in keras.keras_adapters(cb, phase, predicting):
-                if not (skip_phase and event not in _PHASE_FREE_EVENTS):
+        for ext in DISPATCH_EXTENSIONS:
+            for event, h in ext.handlers(cb, cbs, phase):
+                if runs_in(cb, event, phase):
                     table[event].append(h)
-    if keras_cbs:
-        keras.add_keras_stop(table, keras_cbs, phase)
+    for ext in DISPATCH_EXTENSIONS:
+        ext.finish(table, cbs, phase)
     return {e: tuple(hs) for e, hs in table.items()}
 
 
@@ -234,4 +237,13 @@ def warn_legacy_names(cb: Callback) -> None:
             )
 
 
-__all__ = ["Callback", "sort_callbacks", "class_to_name", "camel_to_snake", "build_dispatch"]
+__all__ = [
+    "Callback",
+    "sort_callbacks",
+    "class_to_name",
+    "camel_to_snake",
+    "build_dispatch",
+    "runs_in",
+    "DispatchExtension",
+    "DISPATCH_EXTENSIONS",
+]

@@ -17,58 +17,19 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ._util import (
+    atomic_save,
+    atomic_write_bytes,
+    fsync_dir,
+    is_distributed,
+    rank,
+    safe_load,
+    unwrap_model,
+    world_size,
+)
+
 if TYPE_CHECKING:
     from .learner import Learner
-
-
-def fsync_dir(path: str | os.PathLike) -> None:
-    """fsync a directory so a rename inside it survives a power loss."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to a temporary file in the same folder, fsync it, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-    return path
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """`torch.save` that never leaves a half-written file at `path`."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return atomic_write_bytes(path, buf.getvalue())
-
-
-def safe_load(path: str | os.PathLike, map_location: Any = None) -> Any:
-    """`torch.load(weights_only=True)`; a file that needs arbitrary unpickling is refused."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no saved file at {str(path)!r}")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(
-            f"refusing to load {str(path)!r}: it needs arbitrary unpickling, which can run code "
-            f"(torch.load(weights_only=True) said: {str(e).splitlines()[0]}). Save state dicts "
-            f"of tensors and plain Python values instead."
-        ) from e
 
 
 # ---- checkpoint directories ----------------------------------------------------------------
@@ -330,7 +291,6 @@ def rng_state() -> dict[str, Any]:
 def gathered_rng_state() -> dict[str, Any]:
     """`rng_state()`; under torch.distributed every rank's, as `{'per_rank': [...]}` (one
     all_gather, so every rank must call it)."""
-    from .distributed import is_distributed, world_size
 
     state = rng_state()
     if not (is_distributed() and world_size() > 1):
@@ -345,7 +305,6 @@ def gathered_rng_state() -> dict[str, Any]:
 def _own_rng_state(state: dict[str, Any]) -> dict[str, Any]:
     if "per_rank" not in state:
         return state
-    from .distributed import rank
 
     states = state["per_rank"]
     if rank() >= len(states):
@@ -423,7 +382,6 @@ def load_callback_states(cbs: list, states: dict[str, dict[str, Any]]) -> None:
                 )
             state = migrate(cb, state, version)
         cb.load_state_dict(state)
-    from .distributed import rank
 
     # Rank-zero-only callbacks (loggers) are missing on the other ranks by design.
     lost = sorted(
@@ -452,18 +410,12 @@ def position_target(dl: Any) -> tuple[Any, int] | None:
     return None
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    from .learner import unwrap_model
-
-    return unwrap_model(model)
-
-
 def training_state(
     learn: Learner, epoch: int, iter: int, rng: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """The parts of a checkpoint that resumes `learn` at batch `iter` of `epoch` (`rng`: the
     random states to save, default this process's)."""
-    model = _unwrap(learn.model)
+    model = unwrap_model(learn.model)
     target = position_target(learn.dls.train)
     parts: dict[str, Any] = {
         "model": model.state_dict(),
@@ -497,7 +449,6 @@ def save_checkpoint(
     Under torch.distributed call it on every rank: their random states are gathered, and rank 0
     writes.
     """
-    from .distributed import rank
 
     path = Path(directory) / checkpoint_name(epoch, iter)
     rng = gathered_rng_state()
@@ -553,7 +504,7 @@ class Checkpoint:
                 f"training loader ({type(learn.dls.train).__name__}) cannot start mid-epoch; "
                 f"use a hookloop DataLoaders or a torch DataLoader over a map-style dataset"
             )
-        _unwrap(learn.model).load_state_dict(parts["model"])
+        unwrap_model(learn.model).load_state_dict(parts["model"])
         if learn.opt is None:
             learn.create_opt()
         if parts["optimizer"]:
@@ -575,7 +526,7 @@ class Checkpoint:
 
     def _restore_last(self, learn: Learner) -> None:
         grads = self.parts.get("grads", {})
-        for name, p in _unwrap(learn.model).named_parameters():
+        for name, p in unwrap_model(learn.model).named_parameters():
             p.grad = grads[name].to(p.device) if name in grads else None
         if self.mid_epoch:
             obj, unit = position_target(learn.dls.train)

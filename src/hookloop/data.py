@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ._util import find_bs
+
 
 class TensorLoader:
     """Yields `(x[idx], y[idx], ...)` batches by slicing tensors: no per-sample collate.
@@ -280,25 +282,6 @@ def on_device(b: Any, device: torch.device) -> bool:
     if isinstance(b, dict):
         return all(on_device(v, device) for v in b.values())
     return True
-
-
-def find_bs(b: Any) -> int:
-    """The batch size of a batch: the first dimension of its first tensor."""
-    # Metrics ask once per batch: answer the usual tuple of tensors without the walk.
-    first = b[0] if type(b) is tuple and b else b
-    if type(first) is torch.Tensor and first.ndim:
-        return len(first)
-    return _find_bs(b)
-
-
-def _find_bs(b: Any) -> int:
-    if isinstance(b, torch.Tensor):
-        return b.shape[0] if b.ndim else 1
-    if isinstance(b, (tuple, list)):
-        return _find_bs(b[0])
-    if isinstance(b, dict):
-        return _find_bs(next(iter(b.values())))
-    return len(b)
 
 
 __all__ = ["DataLoaders", "TensorLoader", "to_device", "on_device", "find_bs"]

@@ -8,7 +8,7 @@ import datetime
 import os
 import warnings
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -21,50 +21,16 @@ from torch.utils.data import (
     Sampler,
 )
 
+from ._util import (
+    is_distributed,
+    is_rank_zero,
+    local_rank,
+    rank,
+    rank_zero_print,
+    world_size,
+)
 from .callback import Callback
-
-if TYPE_CHECKING:
-    from .learner import Learner
-
-
-def _env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ[name])
-    except (KeyError, ValueError):
-        return default
-
-
-def is_distributed() -> bool:
-    """True inside an initialised process group."""
-    return dist.is_available() and dist.is_initialized()
-
-
-def rank() -> int:
-    """This process's global rank: from the process group, else torchrun's `RANK`, else 0."""
-    # The environment answers before the group exists, so rank-0-only callbacks are left out
-    # of the dispatch table from the moment a Learner is built under torchrun.
-    return dist.get_rank() if is_distributed() else _env_int("RANK", 0)
-
-
-def world_size() -> int:
-    """Number of processes: from the process group, else torchrun's `WORLD_SIZE`, else 1."""
-    return dist.get_world_size() if is_distributed() else _env_int("WORLD_SIZE", 1)
-
-
-def local_rank() -> int:
-    """This process's rank on its machine (torchrun's `LOCAL_RANK`; 0 without it)."""
-    return _env_int("LOCAL_RANK", 0)
-
-
-def is_rank_zero() -> bool:
-    """True on the process that owns side effects (files, network, printing)."""
-    return rank() == 0
-
-
-def rank_zero_print(*args: Any, **kwargs: Any) -> None:
-    """`print` on rank 0, nothing elsewhere (the learner's default `logger`)."""
-    if rank() == 0:
-        print(*args, **kwargs)
+from .learner import FIT_EXTENSIONS, Learner
 
 
 def barrier() -> None:
@@ -90,7 +56,7 @@ def init_distributed(backend: str | None = None, timeout: Any = None) -> bool:
     stops answering makes the others fail after it instead of waiting forever.
     """
     timeout = _as_timeout(timeout)
-    if is_distributed() or not dist.is_available() or _env_int("WORLD_SIZE", 1) < 2:
+    if is_distributed() or not dist.is_available() or world_size() < 2:
         return False
     missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
@@ -391,7 +357,7 @@ class DistributedTrainer(Callback):
         self._reset()
 
 
-def distributed_callbacks(learn: Learner, extra: list) -> list[Callback]:
+def distributed_callbacks(learn: Learner, extra: list, resume: Any = None) -> list[Callback]:
     """What `fit` adds under torchrun: a DistributedTrainer unless one is attached already."""
     if world_size() < 2:
         return []
@@ -436,6 +402,10 @@ def distrib_ctx(
         if created:
             destroy_distributed()
 
+
+# fastai's learn.distrib_ctx(); under torchrun every fit adds a DistributedTrainer.
+FIT_EXTENSIONS.append(distributed_callbacks)
+Learner.distrib_ctx = distrib_ctx
 
 __all__ = [
     "is_distributed",

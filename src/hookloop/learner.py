@@ -13,11 +13,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._util import (
+    atomic_save,
+    find_bs,
+    listify,
+    local_rank,
+    no_log,
+    rank,
+    rank_zero_print,
+    safe_load,
+    unwrap_model,
+)
 from .callback import Callback, build_dispatch, sort_callbacks, warn_legacy_names
-from .callbacks.lr_finder import valley
-from .checkpoint import atomic_save, safe_load
-from .data import DataLoaders, find_bs, on_device, to_device
-from .distributed import local_rank, rank, rank_zero_print
+from .data import DataLoaders, on_device, to_device
 from .events import (
     CancelBackwardException,
     CancelBatchException,
@@ -30,6 +38,7 @@ from .events import (
 )
 from .hyper import set_hyper
 from .metrics import as_metric
+from .results import GatherPreds
 
 # (before, after_cancel, after, exception) for each level of the loop.
 _LEVELS: dict[str, tuple[str, str, str, type[CancelException]]] = {
@@ -66,6 +75,15 @@ _LOOP_STATE = (
     "loss_grad",
     "_training",
 )
+
+# The callbacks every Learner starts with (fastai's `defaults.callbacks`): each feature module
+# appends its own (TrainEval and Recorder from callbacks/recorder.py, ProgressBar from
+# callbacks/progress.py), so this module names no feature.
+DEFAULT_CBS: list[type[Callback]] = []
+
+# Functions `(learn, fit_cbs, resume) -> list[Callback]` that add callbacks to every fit:
+# resuming (callbacks/resume.py) and torchrun's DDP (distributed.py) register here.
+FIT_EXTENSIONS: list[Callable[[Any, list, Any], list[Callback]]] = []
 
 
 def default_device() -> torch.device:
@@ -124,13 +142,6 @@ def _accepts_kwarg(fn: Callable, name: str) -> bool:
     except (TypeError, ValueError):
         return True
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The user's module inside a DistributedDataParallel / DataParallel wrapper."""
-    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        return model.module
-    return model
 
 
 def _note(exc: BaseException, handler: Callable, event: str) -> None:
@@ -262,11 +273,8 @@ class Learner:
         self._evaluating = False  # inside validate() or get_preds()
         # Batches the next training pass starts at (set by a mid-epoch resume, then cleared).
         self._skip = 0
-        from .callbacks.progress import ProgressBar
-        from .callbacks.recorder import Recorder, TrainEval
-
-        self.add_cbs([TrainEval(), Recorder(), ProgressBar()])
-        self.add_cbs(_listify(cbs) + _listify(callbacks))
+        self.add_cbs([cls() for cls in DEFAULT_CBS])
+        self.add_cbs(listify(cbs) + listify(callbacks))
         for fn in callback_fns or ():
             self.add_cb(self._from_callback_fn(fn))
 
@@ -303,7 +311,7 @@ class Learner:
 
     def add_cbs(self, cbs: Any) -> Learner:
         """Attach several callbacks (None, one, or an iterable)."""
-        for cb in _listify(cbs):
+        for cb in listify(cbs):
             self.add_cb(cb)
         return self
 
@@ -323,7 +331,7 @@ class Learner:
 
     def remove_cbs(self, cbs: Any) -> Learner:
         """Detach several callbacks."""
-        for cb in _listify(cbs):
+        for cb in listify(cbs):
             self.remove_cb(cb)
         return self
 
@@ -341,7 +349,7 @@ class Learner:
     @contextlib.contextmanager
     def removed_cbs(self, cbs: Any) -> Iterator[Learner]:
         """Detach `cbs` for the duration of the block, then put them back."""
-        removed = [c for c in _listify(cbs) if c in self.cbs]
+        removed = [c for c in listify(cbs) if c in self.cbs]
         self.remove_cbs(removed)
         try:
             yield self
@@ -349,18 +357,8 @@ class Learner:
             self.add_cbs(removed)
 
     @contextlib.contextmanager
-    def no_bar(self) -> Iterator[Learner]:
-        """Run without the progress bar (the per-epoch table is still logged)."""
-        from .callbacks.progress import ProgressBar
-
-        with self.removed_cbs([c for c in self.cbs if isinstance(c, ProgressBar)]):
-            yield self
-
-    @contextlib.contextmanager
     def no_logging(self) -> Iterator[Learner]:
         """Silence `learn.logger` (the epoch table) for the block, as fastai's no_logging."""
-        from .callbacks.progress import no_log
-
         old, self.logger = self.logger, no_log
         try:
             yield self
@@ -627,14 +625,9 @@ class Learner:
         `resume=<path>` continues from that checkpoint (or the newest one in that folder).
         """
         self._check_fit_args(n_epoch)
-        extra = _listify(cbs) + _listify(callbacks)
-        if resume is not None:
-            from .callbacks.resume import resume_callbacks
-
-            extra += resume_callbacks(self, resume, extra)
-        from .distributed import distributed_callbacks
-
-        extra += distributed_callbacks(self, extra)  # under torchrun: DDP, sharded data
+        extra = listify(cbs) + listify(callbacks)
+        for add_fit_cbs in FIT_EXTENSIONS:
+            extra += add_fit_cbs(self, extra, resume)
         if self.opt is None:
             self.create_opt()
         if lr is not None:
@@ -680,7 +673,7 @@ class Learner:
         """Run the validation phase on `dl` (default: dls.valid); returns valid_loss and metrics.
 
         `cbs` (or Keras' `callbacks`, as in `model.evaluate`) run for this call only."""
-        with self.added_cbs(_listify(cbs) + _listify(callbacks)):
+        with self.added_cbs(listify(cbs) + listify(callbacks)):
             self._eval_run(dl)
         return dict(self.recorder.last_validation)
 
@@ -696,10 +689,8 @@ class Learner:
         """Predictions on `dl` (default: dls.valid): `(preds, targs[, inputs][, losses])`.
 
         `cbs` (or Keras' `callbacks`, as in `model.predict`) run for this call only."""
-        from .callbacks.recorder import GatherPreds
-
         gather = GatherPreds(with_input=with_input, with_loss=with_loss)
-        with self.added_cbs([gather, *_listify(cbs), *_listify(callbacks)]):
+        with self.added_cbs([gather, *listify(cbs), *listify(callbacks)]):
             self._eval_run(dl)
         preds = gather.preds()
         if act is not None:
@@ -710,16 +701,6 @@ class Learner:
         if with_loss:
             out.append(gather.losses())
         return tuple(out)
-
-    def profile(self, n_epoch: int = 1, **fit_kwargs: Any) -> Any:
-        """`fit` with a `Profiler` for this fit only: prints the time per callback and event,
-        returns the Profiler (its `stats` and `table()`)."""
-        from .callbacks.profiler import Profiler
-
-        profiler = Profiler()
-        cbs = _listify(fit_kwargs.pop("cbs", None)) + [profiler]
-        self.fit(n_epoch, cbs=cbs, **fit_kwargs)
-        return profiler
 
     def _file(self, name: str | Path) -> Path:
         name = Path(name)
@@ -763,131 +744,7 @@ class Learner:
 
     # ---- training-technique shortcuts (fastai names; each adds a callback) ------------------
 
-    def to_fp16(self, **kwargs: Any) -> Learner:
-        """Train with float16 autocast and a GradScaler (replaces any MixedPrecision)."""
-        from .callbacks.training import MixedPrecision
-
-        self.remove_cb(MixedPrecision)
-        return self.add_cb(MixedPrecision(torch.float16, **kwargs))
-
-    def to_bf16(self) -> Learner:
-        """Train with bfloat16 autocast (replaces any MixedPrecision)."""
-        from .callbacks.training import MixedPrecision
-
-        self.remove_cb(MixedPrecision)
-        return self.add_cb(MixedPrecision(torch.bfloat16))
-
-    def to_fp32(self) -> Learner:
-        """Train in float32 again: remove MixedPrecision."""
-        from .callbacks.training import MixedPrecision
-
-        return self.remove_cb(MixedPrecision)
-
-    def mixup(self, alpha: float = 0.4, seed: int | None = None) -> Learner:
-        """Train with MixUp (fastai v1's `learn.mixup()`); returns the learner."""
-        from .callbacks.mixup import MixUp
-
-        self.remove_cb(MixUp)
-        return self.add_cb(MixUp(alpha, seed=seed))
-
     # ---- fastai's fit variants and lr_find (schedules in callbacks/schedule.py) -------------
-
-    def fit_one_cycle(
-        self,
-        n_epoch: int,
-        lr_max: float | slice | None = None,
-        div: float = 25.0,
-        div_final: float = 1e5,
-        pct_start: float = 0.25,
-        wd: float | None = None,
-        moms: tuple[float, ...] | None = (0.95, 0.85, 0.95),
-        cbs: Any = None,
-        callbacks: Any = None,
-        resume: str | Path | None = None,
-        max_lr: float | slice | None = None,
-        div_factor: float | None = None,
-        final_div: float | None = None,
-        tot_epochs: int | None = None,
-        start_epoch: int | None = None,
-    ) -> Any:
-        """fastai's 1cycle: lr rises (cosine) from lr_max/div to lr_max over pct_start, then
-        falls to lr_max/div_final; momentum moves the other way. lr_max=None uses learn.lr.
-        fastai v1 spellings: `max_lr=` for lr_max, `div_factor=` for div, `final_div=` for
-        div_final, `moms=(0.95, 0.85)` for (0.95, 0.85, 0.95); `tot_epochs=T, start_epoch=s`
-        runs epochs s .. s+n_epoch of a cycle T epochs long."""
-        from .callbacks.schedule import ParamScheduler, one_cycle_scheds, window_scheds
-
-        self._check_fit_args(n_epoch)
-        lr_max = _one_of("lr_max", lr_max, "max_lr", max_lr, None)
-        div = _one_of("div", div, "div_factor", div_factor, 25.0)
-        div_final = _one_of("div_final", div_final, "final_div", final_div, 1e5)
-        scheds = one_cycle_scheds(self, lr_max, div, div_final, pct_start, moms)
-        if tot_epochs is not None or start_epoch is not None:
-            scheds = window_scheds(scheds, n_epoch, tot_epochs, start_epoch)
-        cbs = [ParamScheduler(scheds), *_listify(cbs)]
-        return self.fit(n_epoch, wd=wd, cbs=cbs, callbacks=callbacks, resume=resume)
-
-    def fit_flat_cos(
-        self,
-        n_epoch: int,
-        lr: float | slice | None = None,
-        div_final: float = 1e5,
-        pct_start: float = 0.75,
-        wd: float | None = None,
-        cbs: Any = None,
-        callbacks: Any = None,
-        resume: str | Path | None = None,
-    ) -> Any:
-        """fastai: lr flat for pct_start of training, then cosine down to lr/div_final."""
-        from .callbacks.schedule import ParamScheduler, flat_cos_scheds
-
-        self._check_fit_args(n_epoch)
-        cbs = [ParamScheduler(flat_cos_scheds(self, lr, div_final, pct_start)), *_listify(cbs)]
-        return self.fit(n_epoch, wd=wd, cbs=cbs, callbacks=callbacks, resume=resume)
-
-    def fit_sgdr(
-        self,
-        n_cycles: int,
-        cycle_len: int,
-        lr_max: float | slice | None = None,
-        cycle_mult: int = 2,
-        cbs: Any = None,
-        wd: float | None = None,
-        callbacks: Any = None,
-        resume: str | Path | None = None,
-    ) -> Any:
-        """fastai's SGDR: n_cycles cosine cycles from lr_max to 0, the first cycle_len epochs
-        long and each next one cycle_mult times longer."""
-        from .callbacks.schedule import ParamScheduler, sgdr_n_epoch, sgdr_scheds
-
-        n_epoch = sgdr_n_epoch(n_cycles, cycle_len, cycle_mult)
-        self._check_fit_args(n_epoch)
-        scheds = sgdr_scheds(self, n_cycles, cycle_len, lr_max, cycle_mult)
-        cbs = [ParamScheduler(scheds), *_listify(cbs)]
-        return self.fit(n_epoch, wd=wd, cbs=cbs, callbacks=callbacks, resume=resume)
-
-    def lr_find(
-        self,
-        start_lr: float = 1e-7,
-        end_lr: float = 10,
-        num_it: int = 100,
-        stop_div: bool = True,
-        show_plot: bool = True,
-        suggest_funcs: Any = (valley,),
-    ) -> Any:
-        """Sweep the lr exponentially over num_it batches, restore the model and optimizer, and
-        return the suggested lrs (a namedtuple); the plot is `learn.recorder.plot()`."""
-        from .callbacks.lr_finder import lr_find
-
-        return lr_find(self, start_lr, end_lr, num_it, stop_div, show_plot, suggest_funcs)
-
-    def distrib_ctx(
-        self, sync_bn: bool = True, timeout: Any = None, **ddp_kwargs: Any
-    ) -> contextlib.AbstractContextManager:
-        """fastai's context manager: train with DDP inside the block (see DistributedTrainer)."""
-        from .distributed import distrib_ctx
-
-        return distrib_ctx(self, sync_bn=sync_bn, timeout=timeout, **ddp_kwargs)
 
     def __repr__(self) -> str:
         return f"Learner({type(unwrap_model(self.model)).__name__}, cbs={self.cbs})"
@@ -900,23 +757,6 @@ def _set_epoch(dl: Any, epoch: int) -> None:
     sampler = getattr(dl, "sampler", None)
     if sampler is not None and hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)
-
-
-def _one_of(name: str, value: Any, v1_name: str, v1_value: Any, default: Any) -> Any:
-    # fastai v1 keyword beside the v2 one: the v1 value wins when the v2 one is left at default.
-    if v1_value is None:
-        return value
-    if value != default:
-        raise ValueError(f"give {name} or {v1_name} (fastai v1), not both")
-    return v1_value
-
-
-def _listify(o: Any) -> list:
-    if o is None:
-        return []
-    if isinstance(o, (list, tuple)):
-        return list(o)
-    return [o]
 
 
 __all__ = ["Learner", "default_device", "unwrap_model", "find_bs"]

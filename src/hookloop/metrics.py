@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .data import find_bs
+from ._util import camel_to_snake, find_bs
 
 
 class Metric:
@@ -172,7 +172,6 @@ class TorchMetric(Metric):
 
 
 def _snake(name: str) -> str:
-    from .callback import camel_to_snake
 
     return camel_to_snake(name)
 

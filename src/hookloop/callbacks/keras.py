@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from ..callback import Callback, _handler
+from .._util import unwrap_model
+from ..callback import DISPATCH_EXTENSIONS, Callback, DispatchExtension, _handler
 from ..data import find_bs
 from ..events import CancelFitException, CancelTrainException
 
@@ -326,14 +327,6 @@ def keras_adapters(cb: Callback, phase: str, predicting: bool) -> list[tuple[str
     return [(event, types.MethodType(adapter, cb)) for event, _, adapter in hooks]
 
 
-def _unwrap(model: Any) -> Any:
-    # Under DDP `learn.model` is the wrapper while training; Keras code expects its own model,
-    # and the stop flag must live on one object whichever of the two is current.
-    if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
-        return model.module
-    return model
-
-
 class KerasStopTraining(Callback):
     """Turns Keras' `model.stop_training = True` into hookloop's cancel exceptions.
 
@@ -346,16 +339,16 @@ class KerasStopTraining(Callback):
         object.__setattr__(self, "learn", learn)
 
     def before_fit(self) -> None:
-        _unwrap(self.learn.model).stop_training = False
+        unwrap_model(self.learn.model).stop_training = False
 
     def after_batch(self) -> None:
         # Keras 3: a flag set during a training batch ends that epoch's batch loop.
         learn = self.learn
-        if learn._training and getattr(_unwrap(learn.model), "stop_training", False):
+        if learn._training and getattr(unwrap_model(learn.model), "stop_training", False):
             raise CancelTrainException()
 
     def after_epoch(self) -> None:
-        if getattr(_unwrap(self.learn.model), "stop_training", False):
+        if getattr(unwrap_model(self.learn.model), "stop_training", False):
             raise CancelFitException()
 
 
@@ -376,9 +369,26 @@ def add_keras_stop(table: dict[str, list[Callable]], keras_cbs: list[Callback], 
 
 def is_predicting(cbs: list[Callback]) -> bool:
     """True while get_preds runs (its GatherPreds callback is attached): on_predict_* hooks."""
-    from .recorder import GatherPreds
+    from ..results import GatherPreds
 
     return any(isinstance(c, GatherPreds) for c in cbs)
+
+
+class KerasDispatch(DispatchExtension):
+    """Runs the Keras hooks of any callback, and turns `model.stop_training` into cancels."""
+
+    def handlers(self, cb: Callback, cbs: list[Callback], phase: str) -> list[tuple[str, Callable]]:
+        if not has_keras_hooks(cb):
+            return []
+        return keras_adapters(cb, phase, is_predicting(cbs))
+
+    def finish(self, table: dict[str, list[Callable]], cbs: list[Callback], phase: str) -> None:
+        keras_cbs = [cb for cb in cbs if has_keras_hooks(cb)]
+        if keras_cbs:
+            add_keras_stop(table, keras_cbs, phase)
+
+
+DISPATCH_EXTENSIONS.append(KerasDispatch())
 
 
 class KerasCallback(Callback):
@@ -411,7 +421,7 @@ class KerasCallback(Callback):
         model = self.__dict__.get("_model")
         if model is not None:
             return model
-        return _unwrap(self.learn.model) if self.learn is not None else None
+        return unwrap_model(self.learn.model) if self.learn is not None else None
 
     @model.setter
     def model(self, model: Any) -> None:

@@ -293,7 +293,7 @@ class TensorBoard(Callback):
             self.writer.add_scalar(f"epoch/{name}", float(rec.log[name]), epoch)
         self.writer.add_scalar("epoch/lr", learn.opt.param_groups[-1]["lr"], epoch)
         if self.histogram_freq and epoch % self.histogram_freq == 0:
-            from ..learner import unwrap_model
+            from .._util import unwrap_model
 
             for name, p in unwrap_model(learn.model).named_parameters():
                 self.writer.add_histogram(name, p.detach().float().cpu(), epoch)
@@ -486,7 +486,7 @@ class MLflowLogger(Callback):
             return
         try:
             if self.log_model:
-                from ..learner import unwrap_model
+                from .._util import unwrap_model
 
                 with tempfile.TemporaryDirectory() as tmp:
                     path = Path(tmp) / "model.pth"

@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._util import unwrap_model
 from ..distributed import any_rank, broadcast_object, world_size
 from ..events import CancelFitException, CancelValidException
+from ..learner import Learner
 from ..schedules import SchedExp
 from .schedule import ParamScheduler, PerGroup
 
@@ -173,7 +175,7 @@ class LRFinder(ParamScheduler):
     def before_fit(self) -> None:
         super().before_fit()
         learn = self.learn
-        model = _unwrap(learn.model)
+        model = unwrap_model(learn.model)
         # Copies in memory, not a temporary file: nothing to clean up if the process dies.
         self._saved = (
             {k: v.detach().clone() for k, v in model.state_dict().items()},
@@ -218,7 +220,7 @@ class LRFinder(ParamScheduler):
         self._saved = None
         learn = self.learn
         learn.opt.zero_grad(set_to_none=True)
-        model = _unwrap(learn.model)
+        model = unwrap_model(learn.model)
         model.load_state_dict(model_state)
         learn.opt.load_state_dict(opt_state)
         for m, training in zip(model.modules(), modes):
@@ -226,12 +228,6 @@ class LRFinder(ParamScheduler):
 
     def __repr__(self) -> str:
         return f"LRFinder(start_lr={self.start_lr!r}, end_lr={self.end_lr!r}, num_it={self.num_it})"
-
-
-def _unwrap(model: Any) -> Any:
-    from ..learner import unwrap_model  # late: the learner module imports this one
-
-    return unwrap_model(model)
 
 
 def suggest(
@@ -292,14 +288,17 @@ def lr_find(
         )
         result.suggestions = suggestions
     if show_plot:
+        from .._util import in_notebook
         from .plots import plot_lr_find, show_in_notebook
-        from .progress import in_notebook
 
         result.fig = plot_lr_find(recorder)
         if in_notebook():
             show_in_notebook(result.fig)
     return suggestions
 
+
+# fastai's learn.lr_find()
+Learner.lr_find = lr_find
 
 __all__ = [
     "LRFinder",

@@ -10,6 +10,7 @@ import torch
 
 from ..callback import Callback
 from ..data import find_bs
+from ..learner import Learner
 
 
 def sample_beta(alpha: float, generator: torch.Generator) -> float:
@@ -268,5 +269,16 @@ class CutMix(_Mixing):
         area = math.prod(s.stop - s.start for s in box)
         return tuple(out), 1.0 - area / math.prod(spatial)
 
+
+# ---- Learner shortcuts: fastai v1's learn.mixup() ----
+
+
+def mixup(self: Learner, alpha: float = 0.4, seed: int | None = None) -> Learner:
+    """Train with MixUp (fastai v1's `learn.mixup()`); returns the learner."""
+    self.remove_cb(MixUp)
+    return self.add_cb(MixUp(alpha, seed=seed))
+
+
+Learner.mixup = mixup
 
 __all__ = ["MixUp", "CutMix", "MixedLoss", "sample_beta"]

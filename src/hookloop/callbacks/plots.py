@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .recorder import save_png
+from .._util import save_png
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

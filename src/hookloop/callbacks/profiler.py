@@ -6,7 +6,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .._util import listify
 from ..callback import Callback
+from ..learner import Learner
 
 
 class _Timed:
@@ -122,5 +124,19 @@ class Profiler(Callback):
         lines.append(f"{'(whole fit)':<54} {fit * 1e3:>10.2f}")
         return "\n".join(lines)
 
+
+# ---- Learner shortcuts: fit with a Profiler ----
+
+
+def profile(self: Learner, n_epoch: int = 1, **fit_kwargs: Any) -> Any:
+    """`fit` with a `Profiler` for this fit only: prints the time per callback and event,
+    returns the Profiler (its `stats` and `table()`)."""
+    profiler = Profiler()
+    cbs = listify(fit_kwargs.pop("cbs", None)) + [profiler]
+    self.fit(n_epoch, cbs=cbs, **fit_kwargs)
+    return profiler
+
+
+Learner.profile = profile
 
 __all__ = ["Profiler"]

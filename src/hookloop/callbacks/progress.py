@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from tqdm import tqdm
 
+from .._util import in_notebook, no_log
 from ..callback import Callback
-
-
-def in_notebook() -> bool:
-    """True inside a Jupyter kernel (where tqdm renders as a widget)."""
-    shell = sys.modules.get("IPython")
-    if shell is None:
-        return False
-    ip = shell.get_ipython() if hasattr(shell, "get_ipython") else None
-    return type(ip).__name__ == "ZMQInteractiveShell"
-
-
-def no_log(line: str) -> None:
-    """The logger of `learn.no_logging()`: drops every line."""
+from ..learner import DEFAULT_CBS, Learner
 
 
 class _LazyLossPostfix:
@@ -194,5 +185,19 @@ class ProgressBar(Callback):
 
 
 ProgbarLogger = ProgressBar
+
+
+# ---- Learner shortcuts: fit without the bar ----
+
+
+@contextlib.contextmanager
+def no_bar(self: Learner) -> Iterator[Learner]:
+    """Run without the progress bar (the per-epoch table is still logged)."""
+    with self.removed_cbs([c for c in self.cbs if isinstance(c, ProgressBar)]):
+        yield self
+
+
+Learner.no_bar = no_bar
+DEFAULT_CBS.append(ProgressBar)
 
 __all__ = ["ProgressBar", "ProgbarLogger", "in_notebook", "no_log"]

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch.utils.data import BatchSampler, DataLoader, IterableDataset, Sampler
 
+from .._util import is_rank_zero
 from ..callback import Callback
 from ..checkpoint import (
     _NAME,
@@ -22,7 +23,7 @@ from ..checkpoint import (
     position_target,
     save_checkpoint,
 )
-from ..distributed import is_rank_zero
+from ..learner import FIT_EXTENSIONS
 from .lr_finder import LRFinder
 
 
@@ -274,9 +275,11 @@ class _ResumeFrom(_Restore):
         self.restore_from = path
 
 
-def resume_callbacks(learn: Any, resume: Any, fit_cbs: list) -> list[Callback]:
+def resume_callbacks(learn: Any, fit_cbs: list, resume: Any) -> list[Callback]:
     """What `fit(resume=...)` attaches: 'auto' adds BackupAndRestore(path/model_dir/'backup')
     unless one is attached; a path restores from that checkpoint or folder."""
+    if resume is None:
+        return []
     attached = [c for c in list(learn.cbs) + list(fit_cbs) if isinstance(c, BackupAndRestore)]
     if resume == "auto":
         return [] if attached else [BackupAndRestore(learn.path / learn.model_dir / "backup")]
@@ -290,5 +293,7 @@ def resume_callbacks(learn: Any, resume: Any, fit_cbs: list) -> list[Callback]:
         return []
     return [_ResumeFrom(path)]
 
+
+FIT_EXTENSIONS.append(resume_callbacks)
 
 __all__ = ["BackupAndRestore", "ResumableSampler", "make_resumable"]

@@ -6,16 +6,15 @@ import inspect
 import math
 import numbers
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
+from .._util import is_rank_zero, listify
 from ..callback import Callback
-from ..distributed import is_rank_zero
 from ..hyper import HYPER_NAMES, get_hyper, hyper_names, set_hyper
+from ..learner import Learner
 from ..metrics import higher_is_better
 from ..schedules import SchedCos, combine_scheds, combined_cos
-
-if TYPE_CHECKING:
-    from ..learner import Learner
 
 # fastai's Learner.moms default, used by fit_one_cycle when moms=None.
 DEFAULT_MOMS = (0.95, 0.85, 0.95)
@@ -474,6 +473,94 @@ class ReduceLROnPlateau(Callback):
 
 # fastai v1's name.
 ReduceLROnPlateauCallback = ReduceLROnPlateau
+
+
+# ---- Learner shortcuts: fastai's fit variants ----
+
+
+def fit_one_cycle(
+    self: Learner,
+    n_epoch: int,
+    lr_max: float | slice | None = None,
+    div: float = 25.0,
+    div_final: float = 1e5,
+    pct_start: float = 0.25,
+    wd: float | None = None,
+    moms: tuple[float, ...] | None = (0.95, 0.85, 0.95),
+    cbs: Any = None,
+    callbacks: Any = None,
+    resume: str | Path | None = None,
+    max_lr: float | slice | None = None,
+    div_factor: float | None = None,
+    final_div: float | None = None,
+    tot_epochs: int | None = None,
+    start_epoch: int | None = None,
+) -> Any:
+    """fastai's 1cycle: lr rises (cosine) from lr_max/div to lr_max over pct_start, then
+    falls to lr_max/div_final; momentum moves the other way. lr_max=None uses learn.lr.
+    fastai v1 spellings: `max_lr=` for lr_max, `div_factor=` for div, `final_div=` for
+    div_final, `moms=(0.95, 0.85)` for (0.95, 0.85, 0.95); `tot_epochs=T, start_epoch=s`
+    runs epochs s .. s+n_epoch of a cycle T epochs long."""
+    self._check_fit_args(n_epoch)
+    lr_max = _one_of("lr_max", lr_max, "max_lr", max_lr, None)
+    div = _one_of("div", div, "div_factor", div_factor, 25.0)
+    div_final = _one_of("div_final", div_final, "final_div", final_div, 1e5)
+    scheds = one_cycle_scheds(self, lr_max, div, div_final, pct_start, moms)
+    if tot_epochs is not None or start_epoch is not None:
+        scheds = window_scheds(scheds, n_epoch, tot_epochs, start_epoch)
+    cbs = [ParamScheduler(scheds), *listify(cbs)]
+    return self.fit(n_epoch, wd=wd, cbs=cbs, callbacks=callbacks, resume=resume)
+
+
+def fit_flat_cos(
+    self: Learner,
+    n_epoch: int,
+    lr: float | slice | None = None,
+    div_final: float = 1e5,
+    pct_start: float = 0.75,
+    wd: float | None = None,
+    cbs: Any = None,
+    callbacks: Any = None,
+    resume: str | Path | None = None,
+) -> Any:
+    """fastai: lr flat for pct_start of training, then cosine down to lr/div_final."""
+    self._check_fit_args(n_epoch)
+    cbs = [ParamScheduler(flat_cos_scheds(self, lr, div_final, pct_start)), *listify(cbs)]
+    return self.fit(n_epoch, wd=wd, cbs=cbs, callbacks=callbacks, resume=resume)
+
+
+def fit_sgdr(
+    self: Learner,
+    n_cycles: int,
+    cycle_len: int,
+    lr_max: float | slice | None = None,
+    cycle_mult: int = 2,
+    cbs: Any = None,
+    wd: float | None = None,
+    callbacks: Any = None,
+    resume: str | Path | None = None,
+) -> Any:
+    """fastai's SGDR: n_cycles cosine cycles from lr_max to 0, the first cycle_len epochs
+    long and each next one cycle_mult times longer."""
+    n_epoch = sgdr_n_epoch(n_cycles, cycle_len, cycle_mult)
+    self._check_fit_args(n_epoch)
+    scheds = sgdr_scheds(self, n_cycles, cycle_len, lr_max, cycle_mult)
+    cbs = [ParamScheduler(scheds), *listify(cbs)]
+    return self.fit(n_epoch, wd=wd, cbs=cbs, callbacks=callbacks, resume=resume)
+
+
+def _one_of(name: str, value: Any, v1_name: str, v1_value: Any, default: Any) -> Any:
+    # fastai v1 keyword beside the v2 one: the v1 value wins when the v2 one is left at default.
+    if v1_value is None:
+        return value
+    if value != default:
+        raise ValueError(f"give {name} or {v1_name} (fastai v1), not both")
+    return v1_value
+
+
+Learner.fit_one_cycle = fit_one_cycle
+Learner.fit_flat_cos = fit_flat_cos
+Learner.fit_sgdr = fit_sgdr
 
 __all__ = [
     "ParamScheduler",

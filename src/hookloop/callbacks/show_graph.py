@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .._util import in_notebook, save_png
 from ..callback import Callback
 from .lr_finder import LRFinder
 from .plots import show_in_notebook
-from .progress import in_notebook
-from .recorder import save_png
 
 
 class ShowGraph(Callback):

@@ -11,13 +11,13 @@ from typing import Any
 
 import torch
 
+from .._util import keras_name, unwrap_model
 from ..callback import Callback
 from ..checkpoint import atomic_save
 from ..distributed import is_distributed, is_rank_zero
 from ..events import CancelFitException
-from ..learner import Learner, unwrap_model
+from ..learner import Learner
 from ..metrics import higher_is_better
-from .recorder import keras_name
 
 _MODES = ("auto", "min", "max")
 

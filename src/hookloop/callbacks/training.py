@@ -8,10 +8,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._util import unwrap_model
 from ..callback import Callback
 from ..data import find_bs
 from ..events import CancelBatchException, CancelStepException
-from ..learner import unwrap_model
+from ..learner import Learner
 
 _DTYPES = {
     "fp16": torch.float16,
@@ -484,5 +485,29 @@ class EMA(Callback):
         self.n_steps = int(state["n_steps"])
         self._loaded = True
 
+
+# ---- Learner shortcuts: fastai's precision switches ----
+
+
+def to_fp16(self: Learner, **kwargs: Any) -> Learner:
+    """Train with float16 autocast and a GradScaler (replaces any MixedPrecision)."""
+    self.remove_cb(MixedPrecision)
+    return self.add_cb(MixedPrecision(torch.float16, **kwargs))
+
+
+def to_bf16(self: Learner) -> Learner:
+    """Train with bfloat16 autocast (replaces any MixedPrecision)."""
+    self.remove_cb(MixedPrecision)
+    return self.add_cb(MixedPrecision(torch.bfloat16))
+
+
+def to_fp32(self: Learner) -> Learner:
+    """Train in float32 again: remove MixedPrecision."""
+    return self.remove_cb(MixedPrecision)
+
+
+Learner.to_fp16 = to_fp16
+Learner.to_bf16 = to_bf16
+Learner.to_fp32 = to_fp32
 
 __all__ = ["MixedPrecision", "GradientClip", "GradientAccumulation", "EMA"]

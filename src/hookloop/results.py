@@ -1,0 +1,99 @@
+"""What `fit` and `get_preds` hand back: the Keras-style History and the predictions gatherer."""
+
+from __future__ import annotations
+
+import copy
+import functools
+from typing import Any
+
+import torch
+
+from .callback import Callback
+
+
+class History(Callback):
+    """What `fit` returns, as in Keras: `.history` (key -> per-epoch list), `.epoch`, `.params`.
+
+    `fit` builds one per fit (through the Recorder). Keras code that passes its own instance
+    as a callback gets it filled the same way, as Keras' History callback does.
+
+    Example:
+        history = History()
+        learn.fit(3, cbs=history)
+        history.history["val_loss"]   # 3 values, as in the History that fit returns
+
+    Args:
+        params: the fit's parameters (`epochs`, `steps`, `verbose`); set by fit when passed
+            as a callback.
+    """
+
+    def __init__(self, params: dict | None = None) -> None:
+        self.history: dict[str, list[float]] = {}
+        self.epoch: list[int] = []
+        self.params: dict[str, Any] = dict(params or {})
+
+    def append(self, epoch: int, logs: dict[str, float]) -> None:
+        self.epoch.append(epoch)
+        for k, v in logs.items():
+            self.history.setdefault(k, []).append(v)
+
+    # Keras' History callback: `epoch` restarts each fit, `history` keeps growing (as Keras).
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.epoch = []
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.append(epoch, dict(logs or {}))
+
+    def __repr__(self) -> str:
+        return f"History(epochs={self.epoch}, keys={list(self.history)})"
+
+
+class GatherPreds(Callback):
+    """Collects predictions, targets (and inputs, per-item losses) during `get_preds`."""
+
+    order = 100
+    run_train = False
+
+    def __init__(self, with_input: bool = False, with_loss: bool = False) -> None:
+        self.with_input, self.with_loss = with_input, with_loss
+        self._preds: list = []
+        self._targs: list = []
+        self._inputs: list = []
+        self._losses: list = []
+
+    def before_validate(self) -> None:
+        self._loss_none = _per_item_loss(self.learn.loss_func) if self.with_loss else None
+
+    def after_batch(self) -> None:
+        learn = self.learn
+        self._preds.append(learn.pred.detach())
+        if learn.yb:
+            self._targs.append(learn.yb[0].detach())
+        if self.with_input:
+            self._inputs.append(learn.xb[0].detach())
+        if self._loss_none is not None:
+            self._losses.append(self._loss_none(learn.pred, *learn.yb).detach())
+
+    def preds(self) -> torch.Tensor:
+        return torch.cat(self._preds)
+
+    def targets(self) -> torch.Tensor | None:
+        return torch.cat(self._targs) if self._targs else None
+
+    def inputs(self) -> torch.Tensor:
+        return torch.cat(self._inputs)
+
+    def losses(self) -> torch.Tensor:
+        return torch.cat(self._losses)
+
+
+def _per_item_loss(loss_func: Any) -> Any:
+    # A copy of the loss with reduction='none' (torch modules), or the function called with it.
+    if hasattr(loss_func, "reduction"):
+        lf = copy.copy(loss_func)
+        lf.reduction = "none"
+        return lf
+    return functools.partial(loss_func, reduction="none")
+
+
+__all__ = ["History", "GatherPreds"]
