@@ -32,6 +32,8 @@ class Callback:
         run_before / run_after: classes or names this callback must run before / after.
         run_train / run_valid: set False to skip the training / validation phase.
         rank_zero_only: under torch.distributed, attach only on rank 0 (files, network, printing).
+        trial_run: True for a callback whose fit is undone afterwards (the LR finder's sweep);
+            savers, loggers and plots read `learn.trial_run` to leave such a fit alone.
         state_version: version of the `state_dict()` layout stored in checkpoints; a callback
             that changes its layout bumps it and converts old states in `migrate_state_dict`.
     """
@@ -42,6 +44,8 @@ class Callback:
     run_train: bool = True
     run_valid: bool = True
     rank_zero_only: bool = False
+    # A fit run with this callback is undone afterwards (the LR finder): see learn.trial_run.
+    trial_run: bool = False
     # Saved with state_dict() in checkpoints; bump it when the layout of state_dict() changes.
     state_version: int = 1
     learn: Learner | None = None

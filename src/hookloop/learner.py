@@ -365,6 +365,34 @@ class Learner:
         finally:
             self.logger = old
 
+    def find_cb(self, ref: str | type) -> Callback | None:
+        """The first attached callback of that class or `name` (`"recorder"`), or None."""
+        for cb in self.cbs:
+            if isinstance(cb, ref) if isinstance(ref, type) else cb.name == ref:
+                return cb
+        return None
+
+    def refresh_callbacks(self) -> None:
+        """Rebuild the dispatch tables: call after a change that decides which callbacks run
+        (a process group created, so rank-0-only callbacks leave the other ranks)."""
+        self._rebuild()
+
+    @property
+    def trial_run(self) -> bool:
+        """True while a callback with `trial_run = True` is attached (the LR finder's sweep,
+        whose training is undone afterwards): savers and plots leave such a fit alone."""
+        return any(cb.trial_run for cb in self.cbs)
+
+    @property
+    def evaluating(self) -> bool:
+        """True inside `validate()` or `get_preds()`, also when called by a callback mid-fit."""
+        return self._evaluating
+
+    def start_at(self, batch: int) -> None:
+        """Begin the next training pass at `batch` (a mid-epoch resume; the loader was told
+        to skip as many batches)."""
+        self._skip = batch
+
     def _rebuild(self) -> None:
         # Precompute, per phase and event, the handlers to call; rebuilt only when cbs change.
         self.cbs = sort_callbacks(self.cbs)
@@ -702,7 +730,8 @@ class Learner:
             out.append(gather.losses())
         return tuple(out)
 
-    def _file(self, name: str | Path) -> Path:
+    def model_file(self, name: str | Path) -> Path:
+        """Where `save(name)` writes: `path/model_dir/name.pth` (an absolute name as given)."""
         name = Path(name)
         if name.suffix != ".pth":
             name = name.with_name(name.name + ".pth")
@@ -715,7 +744,7 @@ class Learner:
         a collective, so it may be called on rank 0 alone. Other ranks that read the file next
         wait for it with `hookloop.distributed.barrier()`.
         """
-        path = self._file(name)
+        path = self.model_file(name)
         if rank() != 0:
             return path
         state: dict[str, Any] = {"model": unwrap_model(self.model).state_dict()}
@@ -728,7 +757,7 @@ class Learner:
 
         `name` is looked up as `save` writes it (`path/model_dir/name.pth`); failing that, an
         existing file named as given (a Keras `ModelCheckpoint` path) is loaded."""
-        file = self._file(name)
+        file = self.model_file(name)
         if not file.exists() and Path(name).is_file():
             file = Path(name)
         state = safe_load(file, map_location=self.device)
