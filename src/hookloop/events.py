@@ -41,6 +41,27 @@ LEGACY_ALIASES: dict[str, str] = {
     "begin_validate": "before_validate",
 }
 
+# Every Keras hook hookloop runs, with the loop event it runs on (callbacks/keras.py adapts
+# them; LambdaCallback accepts these names beside the events).
+KERAS_HOOKS: dict[str, str] = {
+    "on_train_begin": "before_fit",
+    "on_train_end": "after_fit",
+    "on_epoch_begin": "before_epoch",
+    "on_epoch_end": "after_epoch",
+    "on_train_batch_begin": "before_batch",
+    "on_train_batch_end": "after_batch",
+    "on_batch_begin": "before_batch",
+    "on_batch_end": "after_batch",
+    "on_test_begin": "before_validate",
+    "on_test_end": "after_validate",
+    "on_test_batch_begin": "before_batch",
+    "on_test_batch_end": "after_batch",
+    "on_predict_begin": "before_validate",
+    "on_predict_end": "after_validate",
+    "on_predict_batch_begin": "before_batch",
+    "on_predict_batch_end": "after_batch",
+}
+
 
 class CancelException(Exception):
     """Base of the control-flow exceptions a callback raises to skip the rest of a level."""
@@ -77,6 +98,7 @@ class CancelStepException(CancelException):
 __all__ = [
     "EVENTS",
     "LEGACY_ALIASES",
+    "KERAS_HOOKS",
     "CancelException",
     "CancelFitException",
     "CancelEpochException",

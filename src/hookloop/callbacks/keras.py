@@ -11,27 +11,7 @@ import torch
 from .._util import unwrap_model
 from ..callback import DISPATCH_EXTENSIONS, Callback, DispatchExtension, _handler
 from ..data import find_bs
-from ..events import CancelFitException, CancelTrainException
-
-# Every Keras hook hookloop runs, with the loop event it runs on.
-KERAS_HOOKS: dict[str, str] = {
-    "on_train_begin": "before_fit",
-    "on_train_end": "after_fit",
-    "on_epoch_begin": "before_epoch",
-    "on_epoch_end": "after_epoch",
-    "on_train_batch_begin": "before_batch",
-    "on_train_batch_end": "after_batch",
-    "on_batch_begin": "before_batch",
-    "on_batch_end": "after_batch",
-    "on_test_begin": "before_validate",
-    "on_test_end": "after_validate",
-    "on_test_batch_begin": "before_batch",
-    "on_test_batch_end": "after_batch",
-    "on_predict_begin": "before_validate",
-    "on_predict_end": "after_validate",
-    "on_predict_batch_begin": "before_batch",
-    "on_predict_batch_end": "after_batch",
-}
+from ..events import KERAS_HOOKS, CancelFitException, CancelTrainException
 
 # Hooks that receive per-batch logs; a training batch hook makes the stop check run per batch.
 _TRAIN_BATCH_HOOKS = (
@@ -155,30 +135,20 @@ def fit_params(learn: Any) -> dict[str, Any]:
     return {"epochs": learn.n_epoch, "steps": len(learn.dls.train), "verbose": 1}
 
 
-def epoch_recorded(learn: Any) -> bool:
-    """True when the Recorder holds the current epoch's row (False if it was cut short early)."""
-    rec = learn.__dict__.get("recorder")
-    return rec is not None and bool(rec.rows) and rec.rows[-1]["epoch"] == learn.epoch
-
-
-def epoch_logs(learn: Any, current: bool = True) -> dict[str, float]:
-    """The epoch's values under Keras keys (`loss`, `val_loss`, `val_accuracy`) as floats.
-
-    With `current`, only the current epoch's ({} when it is not recorded); else the last one's.
-    """
-    rec = learn.__dict__.get("recorder")
-    if rec is None or not rec.rows or (current and not epoch_recorded(learn)):
-        return {}
-    return {k: float(v) for k, v in rec.logs.items()}
+def epoch_logs(learn: Any) -> dict[str, float]:
+    """The current epoch's values under Keras keys ({} when it is not recorded)."""
+    rec = learn.find_cb("recorder")
+    return {} if rec is None else rec.keras_logs()
 
 
 def _last_logs(learn: Any) -> dict[str, float]:
-    return epoch_logs(learn, current=False)
+    rec = learn.find_cb("recorder")
+    return {} if rec is None else rec.keras_logs(current=False)
 
 
 def validation_logs(learn: Any) -> dict[str, float]:
     """Keras `on_test_end` logs: the validation values without the `val_` prefix."""
-    rec = learn.__dict__.get("recorder")
+    rec = learn.find_cb("recorder")
     if rec is None:
         return {}
     vals = rec.validation_values()
@@ -512,6 +482,5 @@ __all__ = [
     "has_keras_hooks",
     "is_predicting",
     "epoch_logs",
-    "epoch_recorded",
     "fit_params",
 ]

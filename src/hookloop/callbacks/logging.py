@@ -22,12 +22,10 @@ import torch
 from ..callback import Callback
 from ..checkpoint import atomic_write_bytes
 from ..data import find_bs
-from ..events import EVENTS
-from .keras import KERAS_HOOKS, epoch_logs, epoch_recorded
-from .recorder import Recorder
+from ..events import EVENTS, KERAS_HOOKS
 
 # After the Recorder, so an epoch cancelled before validation is complete here too.
-_AFTER_RECORDER = Recorder.order + 1
+_AFTER_RECORDER = 51  # the Recorder's order is 50
 
 
 def _is_learner(obj: Any) -> bool:
@@ -144,7 +142,7 @@ class CSVLogger(Callback):
         self._rewrite()
 
     def after_epoch(self) -> None:
-        if not epoch_recorded(self.learn):
+        if not self.learn.recorder.epoch_recorded():
             return
         rec = self.learn.recorder
         line = self._line(rec.log[n] for n in rec.metric_names)
@@ -286,7 +284,7 @@ class TensorBoard(Callback):
         learn = self.learn
         epoch = learn.epoch
         self._write_batches()
-        if not epoch_recorded(learn):
+        if not learn.recorder.epoch_recorded():
             return
         rec = learn.recorder
         for name in rec.recorded_names():
@@ -373,9 +371,9 @@ class RemoteMonitor(Callback):
         self._warned = False
 
     def after_epoch(self) -> None:
-        if not epoch_recorded(self.learn):
+        if not self.learn.recorder.epoch_recorded():
             return
-        send = {"epoch": self.learn.epoch, **epoch_logs(self.learn)}
+        send = {"epoch": self.learn.epoch, **self.learn.recorder.keras_logs()}
         headers = dict(self.headers)
         if self.send_as_json:
             body = json.dumps(send).encode()
@@ -473,7 +471,7 @@ class MLflowLogger(Callback):
     def after_epoch(self) -> None:
         from mlflow.entities import Metric
 
-        if not epoch_recorded(self.learn):
+        if not self.learn.recorder.epoch_recorded():
             return
         rec = self.learn.recorder
         now = int(time.time() * 1000)
@@ -618,9 +616,9 @@ class BaseLogger(Callback):
         self._last = learn.loss
 
     def after_epoch(self) -> None:
-        if not epoch_recorded(self.learn):
+        if not self.learn.recorder.epoch_recorded():
             return
-        logs = epoch_logs(self.learn)
+        logs = self.learn.recorder.keras_logs()
         if self._seen:
             if "train_loss" in self._stateful:
                 logs["loss"] = float(self._last)

@@ -140,6 +140,20 @@ class Recorder(Callback):
             f"{', '.join(names)} (Keras spellings: {', '.join(keras)})"
         )
 
+    def epoch_recorded(self) -> bool:
+        """True when the current epoch's row is recorded (False if it was cut short early)."""
+        return bool(self.rows) and self.rows[-1]["epoch"] == self.learn.epoch
+
+    def keras_logs(self, current: bool = True) -> dict[str, float]:
+        """The epoch's values under Keras keys (`loss`, `val_loss`, `val_accuracy`) as floats.
+
+        With `current`, only the current epoch's ({} when it is not recorded); else the last
+        one's.
+        """
+        if not self.rows or (current and not self.epoch_recorded()):
+            return {}
+        return {k: float(v) for k, v in self.logs.items()}
+
     def metric_object(self, name: str) -> Any:
         """The metric object behind a canonical name (None for losses)."""
         for m in self.learn.metrics:

@@ -499,7 +499,7 @@ class SaveModel(TrackerCallback):
         if is_rank_zero():
             self.last_saved_path = learn.save(name, with_opt=self.with_opt)
         else:
-            self.last_saved_path = learn._file(name)
+            self.last_saved_path = learn.model_file(name)
 
     def after_epoch(self) -> None:
         epoch = self.learn.epoch
