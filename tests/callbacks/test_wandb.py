@@ -272,3 +272,11 @@ def test_log_all_records_gradient_and_parameter_histograms_then_unwatches(offlin
 def test_log_model_without_a_checkpoint_callback_warns_before_training(offline_wandb):
     with pytest.warns(UserWarning, match="SaveModel or ModelCheckpoint"):
         tiny_learner().fit(1, cbs=WandbCallback(log_model=True))
+
+
+def test_log_preds_logs_a_table_of_n_preds_validation_samples(offline_wandb):
+    learn = tiny_learner(n_valid=8)
+    learn.fit(1, cbs=WandbCallback(log_preds=True, n_preds=3))
+    [row] = [r for r in history(the_run(offline_wandb)) if "predictions/_type" in r]
+    assert row["predictions/_type"] == "table-file"
+    assert (row["predictions/nrows"], row["predictions/ncols"]) == (3, 3)
