@@ -207,6 +207,7 @@ def test_wandb_callback_logs_fastai_names_per_batch_and_epoch_and_the_best_model
     assert [r["raw_loss"] for r in batch_rows] == pytest.approx(learn.recorder.losses)
     assert [r["train_loss"] for r in batch_rows] == pytest.approx(learn.recorder.smooth_losses)
     assert all(r["lr_0"] == pytest.approx(0.01) for r in batch_rows)
+    assert all(r["mom_0"] == pytest.approx(0.9) and r["sqr_mom_0"] == 0.999 for r in batch_rows)
     [artifact] = [r.artifact for r in records(run_dir) if r.WhichOneof("record_type") == "artifact"]
     assert (artifact.type, artifact.name) == ("model", f"run-{run_dir.name[-8:]}-model")
     assert [e.path for e in artifact.manifest.contents] == ["model.pth"]

@@ -12,6 +12,7 @@ import torch
 
 from ..callback import Callback
 from ..data import find_bs
+from ..hyper import get_hyper, hyper_names
 from .keras import epoch_logs, epoch_recorded
 from .recorder import Recorder
 
@@ -201,11 +202,12 @@ class WandbCallback(_WandbRun):
 
     Every `log_freq` training batches, and at the last training batch of each epoch, a row with
     `epoch` (progress in epochs: 0.5 is half way through the first), `train_loss` (the smoothed
-    loss, as in fastai's table), `raw_loss` (the batch's loss) and the hyper-parameters of each
-    parameter group (`lr_0`, `weight_decay_0`, ...). After each epoch a row with `epoch` (the
-    epochs done), `valid_loss` and the metrics (`accuracy`, ...), as fastai. The hyper-parameters
-    go to the run config once. A run started with `wandb.init()` before the fit is used and left
-    open; otherwise one is started and finished (exit code 0, or non-zero when the fit raises).
+    loss, as in fastai's table), `raw_loss` (the batch's loss) and each parameter group's
+    hyper-parameters (`lr_0`, `mom_0`, `sqr_mom_0`, `wd_0`, `eps_0`). After each epoch a row
+    with `epoch` (the epochs done), `valid_loss` and the metrics (`accuracy`, ...), as fastai.
+    The hyper-parameters go to the run config once. A run started with `wandb.init()` before
+    the fit is used and left open; otherwise one is started and finished (exit code 0, or
+    non-zero when the fit raises).
 
     Example:
         wandb.init(project="pets")
@@ -295,10 +297,9 @@ class WandbCallback(_WandbRun):
             "train_loss": float(learn.smooth_loss),
             "raw_loss": float(learn.loss.detach()),
         }
-        for i, group in enumerate(learn.opt.param_groups):
-            for key, value in group.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    row[f"{key}_{i}"] = value
+        for name in hyper_names(learn.opt):  # fastai's names: lr, mom, sqr_mom, wd, eps
+            for i, value in enumerate(get_hyper(learn.opt, name)):
+                row[f"{name}_{i}"] = value
         self.run.log(row)
 
     def after_epoch(self) -> None:
