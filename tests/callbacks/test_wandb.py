@@ -68,6 +68,11 @@ def records(run_dir: Path) -> list:
 
 
 def the_run(tmp_path: Path) -> Path:
+    """The one run directory under tmp_path, once its .wandb file is complete."""
+    # run.finish() returns before wandb-core has written everything; teardown (what the
+    # process exit does) waits for it. Only the user's own run can still be open here.
+    if wandb.run is None:
+        wandb.teardown()
     [run_dir] = (tmp_path / "wandb").glob("offline-run-*")
     return run_dir
 
@@ -281,3 +286,10 @@ def test_log_preds_logs_a_table_of_n_preds_validation_samples(offline_wandb):
     [row] = [r for r in history(the_run(offline_wandb)) if "predictions/_type" in r]
     assert row["predictions/_type"] == "table-file"
     assert (row["predictions/nrows"], row["predictions/ncols"]) == (3, 3)
+
+
+def test_lr_find_logs_no_run(offline_wandb):
+    learn = tiny_learner(cbs=[WandbCallback(), WandbMetricsLogger()])
+    learn.lr_find(num_it=6, show_plot=False, suggest_funcs=None)
+    assert wandb.run is None
+    assert not (offline_wandb / "wandb").exists()

@@ -73,6 +73,9 @@ class _WandbRun(Callback):
     def before_fit(self) -> None:
         import wandb
 
+        self.run = None
+        if any(cb.name == "lr_finder" for cb in self.learn.cbs):
+            return  # an lr_find sweep is not a training run (fastai skips it too)
         if wandb.run is not None:
             self.run, self.owns_run = wandb.run, False
         else:
@@ -160,6 +163,8 @@ class WandbMetricsLogger(_WandbRun):
 
     def before_fit(self) -> None:
         super().before_fit()
+        if self.run is None:
+            return
         self.run.define_metric("epoch/epoch")
         self.run.define_metric("epoch/*", step_metric="epoch/epoch")
         if self._every:
@@ -171,7 +176,7 @@ class WandbMetricsLogger(_WandbRun):
 
     def after_batch(self) -> None:
         learn = self.learn
-        if not (self._every and learn.training and learn.loss is not None):
+        if not (self._every and self.run and learn.training and learn.loss is not None):
             return
         # The running sum stays on the device; it is read only on a batch that logs.
         bs = find_bs(learn.yb if learn.yb else learn.xb)
@@ -189,7 +194,7 @@ class WandbMetricsLogger(_WandbRun):
 
     def after_epoch(self) -> None:
         learn = self.learn
-        if not epoch_recorded(learn):
+        if self.run is None or not epoch_recorded(learn):
             return
         row: dict[str, Any] = {"epoch/epoch": learn.epoch}
         row.update({f"epoch/{k}": v for k, v in epoch_logs(learn).items()})
@@ -266,6 +271,8 @@ class WandbCallback(_WandbRun):
 
     def before_fit(self) -> None:
         super().before_fit()
+        if self.run is None:
+            return
         if self.log_model and self._saver() is None:
             warnings.warn(
                 "WandbCallback(log_model=True) logs the file of a SaveModel or ModelCheckpoint "
@@ -288,7 +295,7 @@ class WandbCallback(_WandbRun):
 
     def after_batch(self) -> None:
         learn = self.learn
-        if not learn.training or learn.loss is None:
+        if self.run is None or not learn.training or learn.loss is None:
             return
         if learn.iter % self.log_freq and learn.iter != learn.n_iter - 1:
             return
@@ -304,7 +311,7 @@ class WandbCallback(_WandbRun):
 
     def after_epoch(self) -> None:
         learn = self.learn
-        if not epoch_recorded(learn):
+        if self.run is None or not epoch_recorded(learn):
             return
         rec = learn.recorder
         row: dict[str, Any] = {"epoch": learn.epoch + 1}
@@ -315,6 +322,8 @@ class WandbCallback(_WandbRun):
 
     def after_fit(self) -> None:
         try:
+            if self.run is None:
+                return
             if self.log_preds:
                 self._log_predictions()
             if self.log_model:
