@@ -35,6 +35,7 @@ from .callbacks.tracker import (
     TrackerCallback,
 )
 from .callbacks.training import EMA, GradientAccumulation, GradientClip, MixedPrecision
+from .callbacks.wandb import WandbCallback, WandbMetricsLogger
 from .checkpoint import CheckpointError, latest_checkpoint
 from .data import DataLoaders, TensorLoader, find_bs, to_device
 from .distributed import (
@@ -168,4 +169,6 @@ __all__ = [
     "steep",
     "ShowGraph",
     "ShowGraphCallback",
+    "WandbCallback",
+    "WandbMetricsLogger",
 ]
