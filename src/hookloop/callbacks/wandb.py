@@ -10,11 +10,9 @@ from typing import Any
 
 import torch
 
+from .._util import find_bs, unwrap_model
 from ..callback import Callback
-from ..data import find_bs
 from ..hyper import get_hyper, hyper_names
-from .keras import epoch_logs, epoch_recorded
-from .recorder import Recorder
 
 _LOG_CHOICES = (None, "gradients", "parameters", "all")
 # wandb's own exit hooks: 1 for an exception, 255 for Ctrl-C.
@@ -50,7 +48,7 @@ def _check_bool(name: str, value: Any) -> None:
 class _WandbRun(Callback):
     """The run's life cycle shared by both W&B callbacks: start or reuse, config, finish."""
 
-    order = Recorder.order + 1  # the epoch's values are complete when after_epoch runs
+    order = 51  # after the Recorder (50): the epoch's values are complete in after_epoch
     rank_zero_only = True
 
     def __init__(
@@ -194,10 +192,10 @@ class WandbMetricsLogger(_WandbRun):
 
     def after_epoch(self) -> None:
         learn = self.learn
-        if self.run is None or not epoch_recorded(learn):
+        if self.run is None or not learn.recorder.epoch_recorded():
             return
         row: dict[str, Any] = {"epoch/epoch": learn.epoch}
-        row.update({f"epoch/{k}": v for k, v in epoch_logs(learn).items()})
+        row.update({f"epoch/{k}": v for k, v in learn.recorder.keras_logs().items()})
         row["epoch/learning_rate"] = learn.opt.param_groups[-1]["lr"]
         self.run.log(row)
 
@@ -281,8 +279,6 @@ class WandbCallback(_WandbRun):
                 stacklevel=2,
             )
         if self.log is not None:
-            from ..learner import unwrap_model
-
             self._watched = unwrap_model(self.learn.model)
             self.run.watch(self._watched, log=self.log, log_freq=self.log_freq)
 
@@ -311,7 +307,7 @@ class WandbCallback(_WandbRun):
 
     def after_epoch(self) -> None:
         learn = self.learn
-        if self.run is None or not epoch_recorded(learn):
+        if self.run is None or not learn.recorder.epoch_recorded():
             return
         rec = learn.recorder
         row: dict[str, Any] = {"epoch": learn.epoch + 1}
@@ -367,7 +363,7 @@ class WandbCallback(_WandbRun):
             return
         path = Path(path)
         name = self.model_name or f"run-{self.run.id}-model"
-        metadata = {k: v for k, v in epoch_logs(self.learn, current=False).items()}
+        metadata = {k: v for k, v in self.learn.recorder.keras_logs(current=False).items()}
         artifact = wandb.Artifact(name, type="model", metadata=metadata)
         artifact.add_file(str(path), name=path.name)
         self.run.log_artifact(artifact)
