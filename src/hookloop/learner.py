@@ -501,9 +501,9 @@ class Learner:
             self._with_events(self._all_batches, "validate")
 
     def _all_batches(self) -> None:
-        # The batch loop with the batch level of _with_events written out inside it: this body
-        # runs once per batch, and each Python call or attribute access in it is paid on every
-        # step (benchmarks/overhead.py). An event nobody handles costs one lookup.
+        # One pass over self.dl. This body runs once per batch: each Python call or attribute
+        # access in it is paid on every step (benchmarks/overhead.py). An event nobody handles
+        # costs one lookup.
         self.n_iter = len(self.dl)
         # A mid-epoch resume starts at batch `_skip`; the loader was told to skip as many.
         start, self._skip = self._skip, 0
@@ -517,45 +517,14 @@ class Learner:
                     move = not on_device(b, self.device)
                 if move:
                     b = to_device(b, self.device)
-            if type(b) is tuple and len(b) == 2 and self.n_inp is None:
-                self.xb, self.yb = (b[0],), (b[1],)  # the common (x, y) batch
-            elif isinstance(b, (tuple, list)):
-                n_inp = self.n_inp if self.n_inp is not None else max(len(b) - 1, 1)
-                self.xb, self.yb = tuple(b[:n_inp]), tuple(b[n_inp:])
-            else:
-                self.xb, self.yb = (b,), ()
+            self._split_batch(b)
             handlers, training = self._handlers, self._training
             try:
                 if handlers["before_batch"]:
                     self("before_batch")
-                self.pred = pred = self.model(*self.xb)
-                if handlers["after_pred"]:
-                    self("after_pred")
-                    pred = self.pred
-                yb = self.yb
-                if yb:
-                    loss = self.loss_func(pred, *yb)
-                    if type(loss) is not Tensor or loss.ndim:
-                        _check_scalar(loss)
-                    # loss_grad is what backward uses; loss is the detached value for logging.
-                    self.loss_grad, self.loss = loss, loss.detach()
-                if handlers["after_loss"]:
-                    self("after_loss")
-                    if getattr(self.loss, "requires_grad", False):
-                        # The fastai book's callbacks add a penalty to learn.loss (`self.learn.loss
-                        # += ...`); learn.loss is detached, so carry the change and its gradient
-                        # into loss_grad.
-                        self.loss_grad = self.loss + (self.loss_grad - self.loss_grad.detach())
-                        self.loss = self.loss.detach()
-                if training and yb:
-                    if self._plain_update:
-                        # No callback handles a backward- or step-level event in this phase.
-                        self.loss_grad.backward()
-                        self.opt.step()
-                    else:
-                        self._with_events(self._do_backward, "backward")
-                        self._with_events(self._do_step, "step")
-                    _zero_grad(self.opt)
+                self._forward_loss(handlers)
+                if training and self.yb:
+                    self._update()
             except CancelBatchException:
                 self("after_cancel_batch")
             except CancelException as e:
@@ -568,6 +537,49 @@ class Learner:
             # Read again: a handler may have switched the phase's table (validate() in a callback).
             if self._handlers["after_batch"]:
                 self("after_batch")
+
+    def _split_batch(self, b: Any) -> None:
+        """`xb` (the model's inputs) and `yb` (the targets) from one batch."""
+        if type(b) is tuple and len(b) == 2 and self.n_inp is None:
+            self.xb, self.yb = (b[0],), (b[1],)  # the common (x, y) batch
+        elif isinstance(b, (tuple, list)):
+            n_inp = self.n_inp if self.n_inp is not None else max(len(b) - 1, 1)
+            self.xb, self.yb = tuple(b[:n_inp]), tuple(b[n_inp:])
+        else:
+            self.xb, self.yb = (b,), ()
+
+    def _forward_loss(self, handlers: dict[str, tuple]) -> None:
+        """`pred = model(*xb)` → after_pred → `loss = loss_func(pred, *yb)` → after_loss."""
+        self.pred = pred = self.model(*self.xb)
+        if handlers["after_pred"]:
+            self("after_pred")
+            pred = self.pred
+        yb = self.yb
+        if yb:
+            loss = self.loss_func(pred, *yb)
+            if type(loss) is not Tensor or loss.ndim:
+                _check_scalar(loss)
+            # loss_grad is what backward uses; loss is the detached value for logging.
+            self.loss_grad, self.loss = loss, loss.detach()
+        if handlers["after_loss"]:
+            self("after_loss")
+            if getattr(self.loss, "requires_grad", False):
+                # The fastai book's callbacks add a penalty to learn.loss (`self.learn.loss
+                # += ...`); learn.loss is detached, so carry the change and its gradient
+                # into loss_grad.
+                self.loss_grad = self.loss + (self.loss_grad - self.loss_grad.detach())
+                self.loss = self.loss.detach()
+
+    def _update(self) -> None:
+        """backward → optimizer step → zero_grad, each level with its events when handled."""
+        if self._plain_update:
+            # No callback handles a backward- or step-level event in this phase.
+            self.loss_grad.backward()
+            self.opt.step()
+        else:
+            self._with_events(self._do_backward, "backward")
+            self._with_events(self._do_step, "step")
+        _zero_grad(self.opt)
 
     def _do_backward(self) -> None:
         self.loss_grad.backward()
