@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from hookloop.cli import main
@@ -21,3 +23,10 @@ def test_demo_rejects_a_non_positive_epoch_count(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--epochs", "0"])
     assert "--epochs: must be a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_demo_without_scikit_learn_names_the_demo_extra(monkeypatch):
+    # A None entry makes `import sklearn.datasets` raise ImportError, as on a bare install.
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    with pytest.raises(ImportError, match=r"pip install 'hookloop\[demo\]'"):
+        main(["demo", "--epochs", "1", "--no-bar"])

@@ -10,9 +10,15 @@ from pathlib import Path
 def digits_dls(bs: int = 64, seed: int = 0) -> tuple:
     """scikit-learn's bundled 8x8 digits (1,797 images, no download), scaled, 20% held out."""
     import torch
-    from sklearn.datasets import load_digits
 
     from .data import DataLoaders
+
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:
+        raise ImportError(
+            "hookloop demo trains on scikit-learn's bundled digits: pip install 'hookloop[demo]'"
+        ) from e
 
     x, y = load_digits(return_X_y=True)
     x = torch.tensor(x, dtype=torch.float32)
