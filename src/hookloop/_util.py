@@ -8,6 +8,7 @@ import pickle
 import re
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,27 @@ def unwrap_model(model: Any) -> Any:
     return model
 
 
+def output_loss(out: Any) -> Any:
+    """The loss a model put in its output (HF `ModelOutput.loss`, a dict's or a namedtuple's
+    `loss`), or None."""
+    loss = getattr(out, "loss", None)
+    if loss is None and isinstance(out, Mapping):
+        loss = out.get("loss")
+    return loss
+
+
+def output_logits(out: Any, key: str | None = None) -> Any:
+    """What metrics and `get_preds` see of a model's output: the tensor itself, else its
+    `key` entry or attribute (default `logits`), else the output as it is."""
+    if type(out) is torch.Tensor:
+        return out
+    key = key or "logits"
+    if isinstance(out, Mapping):
+        return out[key] if key in out else out
+    value = getattr(out, key, None)
+    return out if value is None else value
+
+
 def find_bs(b: Any) -> int:
     """The batch size of a batch: the first dimension of its first tensor."""
     # Metrics ask once per batch: answer the usual tuple of tensors without the walk.
@@ -121,7 +143,7 @@ def _find_bs(b: Any) -> int:
         return b.shape[0] if b.ndim else 1
     if isinstance(b, (tuple, list)):
         return _find_bs(b[0])
-    if isinstance(b, dict):
+    if isinstance(b, Mapping):
         return _find_bs(next(iter(b.values())))
     return len(b)
 

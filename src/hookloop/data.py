@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -263,12 +263,17 @@ class DataLoaders:
 
 
 def to_device(b: Any, device: torch.device) -> Any:
-    """Move a batch (tensors, possibly nested in tuples, lists and dicts) to `device`."""
+    """Move a batch (tensors, possibly nested in tuples, lists and mappings) to `device`.
+
+    A namedtuple keeps its type; a mapping that is not a dict (transformers' BatchEncoding)
+    becomes a dict of the same keys."""
     if isinstance(b, torch.Tensor):
         return b if b.device == device else b.to(device, non_blocking=True)
+    if isinstance(b, tuple) and hasattr(b, "_fields"):
+        return type(b)(*(to_device(o, device) for o in b))
     if isinstance(b, (tuple, list)):
         return type(b)([to_device(o, device) for o in b])
-    if isinstance(b, dict):
+    if isinstance(b, Mapping):
         return {k: to_device(v, device) for k, v in b.items()}
     return b
 
@@ -279,7 +284,7 @@ def on_device(b: Any, device: torch.device) -> bool:
         return b.device == device
     if isinstance(b, (tuple, list)):
         return all(on_device(o, device) for o in b)
-    if isinstance(b, dict):
+    if isinstance(b, Mapping):
         return all(on_device(v, device) for v in b.values())
     return True
 

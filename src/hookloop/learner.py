@@ -5,20 +5,24 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import math
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ._check import check_int
 from ._util import (
     atomic_save,
     find_bs,
     listify,
     local_rank,
     no_log,
+    output_logits,
+    output_loss,
     rank,
     rank_zero_print,
     safe_load,
@@ -210,6 +214,12 @@ class Learner:
         splitter: `model -> list of parameter lists`, one optimizer group per list.
         callback_fns: fastai v1: callables taking the learner and returning a callback.
         callbacks: fastai v1's name for `cbs`; both may be given.
+        n_inp: how many leading items of a tuple batch are inputs (default: all but the last).
+        target_keys: for mapping batches (`{"input_ids", "attention_mask", "labels"}`), the
+            keys that are targets (`learn.yb`). They stay in the model's inputs when the model
+            computes its own loss (loss_func None: Hugging Face models need their labels).
+        pred_key: the entry of a structured model output that metrics and `get_preds` see
+            (default `logits` when the output has one).
     """
 
     def __init__(
@@ -230,6 +240,8 @@ class Learner:
         callback_fns: Iterable[Callable] | None = None,
         callbacks: Any = None,
         n_inp: int | None = None,
+        target_keys: Sequence[str] = ("labels",),
+        pred_key: str | None = None,
     ) -> None:
         if isinstance(model, nn.Module) is False and isinstance(dls, nn.Module):
             model, dls = dls, model  # fastai's argument order
@@ -254,6 +266,11 @@ class Learner:
         self.path, self.model_dir = Path(path), Path(model_dir)
         self.train_metrics = train_metrics
         self.n_inp = n_inp
+        if isinstance(target_keys, str):
+            target_keys = (target_keys,)
+        self.target_keys, self.pred_key = tuple(target_keys), pred_key
+        self.steps_per_epoch: int | None = None
+        self._stream: Iterator | None = None  # the training batches carried across epochs
         # Prints on rank 0 only: the other ranks of a torchrun job would repeat every line.
         self.logger: Callable[[str], Any] = rank_zero_print
         # Loop state that callbacks read and may write.
@@ -441,6 +458,13 @@ class Learner:
         self._plain_update = not any(handlers[e] for e in _UPDATE_EVENTS)
 
     @property
+    def total_iters(self) -> int | None:
+        """Training batches in the whole fit (n_epoch x batches per epoch), or None when the
+        training loader has no length and no `steps_per_epoch` was given."""
+        total = self._total_iters
+        return None if total == math.inf else total
+
+    @property
     def smooth_loss(self) -> float:
         """The bias-corrected moving average of the training loss (read from the Recorder)."""
         return self.recorder.smooth_loss
@@ -475,7 +499,10 @@ class Learner:
 
     def _do_fit(self) -> None:
         # Sized here, after before_fit: a distributed fit shards dls.train in before_fit.
-        self._total_iters = max(self.n_epoch * len(self.dls.train), 1)
+        n = self._epoch_length(self.dls.train, training=True)
+        # An unknown total (a stream with no length) keeps pct_train at 0: schedules need it
+        # and say so in before_fit.
+        self._total_iters = max(self.n_epoch * n, 1) if n is not None else math.inf
         for epoch in range(self.epoch, self.n_epoch):
             self.epoch = epoch
             self._with_events(self._do_epoch, "epoch")
@@ -504,13 +531,16 @@ class Learner:
         # One pass over self.dl. This body runs once per batch: each Python call or attribute
         # access in it is paid on every step (benchmarks/overhead.py). An event nobody handles
         # costs one lookup.
-        self.n_iter = len(self.dl)
+        self.n_iter = self._epoch_length(self.dl, self._training)
         # A mid-epoch resume starts at batch `_skip`; the loader was told to skip as many.
         start, self._skip = self._skip, 0
         # A loader that makes its batches on our device (TensorLoader.device) needs no move;
         # nor does one whose first batch is already there: a loader yields all on one device.
         move = getattr(self.dl, "device", None) != self.device
-        for i, b in enumerate(self.dl, start):
+        batches = self.dl
+        if self._training and self.steps_per_epoch is not None:
+            batches = self._next_batches(self.steps_per_epoch - start)
+        for i, b in enumerate(batches, start):
             self.iter = i
             if move:
                 if i == start:
@@ -522,8 +552,7 @@ class Learner:
             try:
                 if handlers["before_batch"]:
                     self("before_batch")
-                self._forward_loss(handlers)
-                if training and self.yb:
+                if self._forward_loss(handlers) and training:
                     self._update()
             except CancelBatchException:
                 self("after_cancel_batch")
@@ -538,6 +567,31 @@ class Learner:
             if self._handlers["after_batch"]:
                 self("after_batch")
 
+    def _epoch_length(self, dl: Any, training: bool) -> int | None:
+        # Batches in one epoch of `dl`: steps_per_epoch for training when given, else its
+        # length, or None for a loader with no length (a stream).
+        if training and self.steps_per_epoch is not None:
+            return self.steps_per_epoch
+        try:
+            return len(dl)
+        except TypeError:
+            return None
+
+    def _next_batches(self, steps: int) -> Iterator:
+        # Keras' steps_per_epoch: an epoch takes the next `steps` batches; the loader's iterator
+        # carries over to the next epoch and starts again when it runs out.
+        for _ in range(steps):
+            if self._stream is None:
+                self._stream = iter(self.dl)
+            try:
+                yield next(self._stream)
+            except StopIteration:
+                self._stream = iter(self.dl)
+                try:
+                    yield next(self._stream)
+                except StopIteration:
+                    return  # an empty pass: end the epoch rather than loop forever
+
     def _split_batch(self, b: Any) -> None:
         """`xb` (the model's inputs) and `yb` (the targets) from one batch."""
         if type(b) is tuple and len(b) == 2 and self.n_inp is None:
@@ -545,18 +599,40 @@ class Learner:
         elif isinstance(b, (tuple, list)):
             n_inp = self.n_inp if self.n_inp is not None else max(len(b) - 1, 1)
             self.xb, self.yb = tuple(b[:n_inp]), tuple(b[n_inp:])
+        elif isinstance(b, Mapping):
+            # Keyword inputs: `model(**xb)`. A model that computes its own loss keeps its
+            # targets among its inputs (Hugging Face models take `labels`).
+            keys = self.target_keys
+            self.yb = tuple(b[k] for k in keys if k in b)
+            keep = self.loss_func is None
+            self.xb = {k: v for k, v in b.items() if keep or k not in keys}
         else:
             self.xb, self.yb = (b,), ()
 
-    def _forward_loss(self, handlers: dict[str, tuple]) -> None:
-        """`pred = model(*xb)` → after_pred → `loss = loss_func(pred, *yb)` → after_loss."""
-        self.pred = pred = self.model(*self.xb)
+    def _forward_loss(self, handlers: dict[str, tuple]) -> bool:
+        """`pred = model(*xb)` (or `model(**xb)`) → after_pred → `loss = loss_func(pred, *yb)`
+        (or the model's own `loss`) → after_loss. True when a loss was computed."""
+        xb = self.xb
+        self.pred = pred = self.model(*xb) if type(xb) is tuple else self.model(**xb)
         if handlers["after_pred"]:
             self("after_pred")
             pred = self.pred
-        yb = self.yb
-        if yb:
-            loss = self.loss_func(pred, *yb)
+        yb, loss_func = self.yb, self.loss_func
+        if loss_func is None:
+            loss = output_loss(pred)
+            if loss is None and self._training:
+                raise ValueError(
+                    f"loss_func is None and the model's output ({type(pred).__name__}) has no "
+                    f"`loss`: pass loss_func=, or give a model that computes its own loss its "
+                    f"targets (target_keys={self.target_keys!r})"
+                )
+        elif yb:
+            if type(pred) is not Tensor:
+                pred = output_logits(pred, self.pred_key)
+            loss = loss_func(pred, *yb)
+        else:
+            loss = None
+        if loss is not None:
             if type(loss) is not Tensor or loss.ndim:
                 _check_scalar(loss)
             # loss_grad is what backward uses; loss is the detached value for logging.
@@ -569,6 +645,7 @@ class Learner:
                 # into loss_grad.
                 self.loss_grad = self.loss + (self.loss_grad - self.loss_grad.detach())
                 self.loss = self.loss.detach()
+        return loss is not None
 
     def _update(self) -> None:
         """backward → optimizer step → zero_grad, each level with its events when handled."""
@@ -632,22 +709,17 @@ class Learner:
             set_hyper(self.opt, "wd", self.wd)
         return self.opt
 
-    def _check_fit_args(self, n_epoch: Any) -> None:
-        if isinstance(n_epoch, bool) or not isinstance(n_epoch, int) or n_epoch < 1:
-            raise ValueError(f"n_epoch must be a positive int, got {n_epoch!r}")
+    def _check_fit_args(self, n_epoch: Any, steps_per_epoch: Any = None) -> None:
+        check_int("n_epoch", n_epoch, 1)
+        if steps_per_epoch is not None:
+            check_int("steps_per_epoch", steps_per_epoch, 1)
         train = self.dls.train
         if train is None:
             raise ValueError("dls.train is None: fit needs a training loader")
-        try:
-            n = len(train)
-        except TypeError as e:
-            raise TypeError(f"dls.train must have a length, got {type(train).__name__}") from e
-        if n == 0:
+        if self._epoch_length(train, training=False) == 0:
             raise ValueError("dls.train is empty: it yields 0 batches")
-        if self.loss_func is None:
-            raise ValueError(
-                "loss_func is None and could not be inferred from the targets; pass loss_func="
-            )
+        # loss_func None with a model that has no loss of its own is an error at the first
+        # training forward pass, before any step: only the model's output can tell.
 
     def fit(
         self,
@@ -657,14 +729,18 @@ class Learner:
         cbs: Any = None,
         callbacks: Any = None,
         resume: str | Path | None = None,
+        steps_per_epoch: int | None = None,
     ) -> Any:
         """Train for `n_epoch` epochs; returns the Keras-style `History` of this fit.
 
         `cbs` (or fastai v1's `callbacks`) are attached for this fit only. `resume='auto'`
         continues from the newest complete backup (see `BackupAndRestore`) and keeps backing up;
         `resume=<path>` continues from that checkpoint (or the newest one in that folder).
+        `steps_per_epoch` (Keras) makes an epoch that many training batches, carrying the
+        loader's iterator over epochs: it bounds the epochs of an endless stream and gives
+        schedules their total.
         """
-        self._check_fit_args(n_epoch)
+        self._check_fit_args(n_epoch, steps_per_epoch)
         extra = listify(cbs) + listify(callbacks)
         for add_fit_cbs in FIT_EXTENSIONS:
             extra += add_fit_cbs(self, extra, resume)
@@ -674,7 +750,7 @@ class Learner:
             set_hyper(self.opt, "lr", lr)
         if wd is not None:
             set_hyper(self.opt, "wd", wd)
-        self.n_epoch = n_epoch
+        self.n_epoch, self.steps_per_epoch, self._stream = n_epoch, steps_per_epoch, None
         self.epoch, self._skip = 0, 0
         # Before before_fit: a resuming callback restores the counters there.
         self.train_iter, self.pct_train = 0, 0.0
