@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 import functools
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
+from ._util import output_logits
 from .callback import Callback
 
 
@@ -66,13 +68,16 @@ class GatherPreds(Callback):
 
     def after_batch(self) -> None:
         learn = self.learn
-        self._preds.append(learn.pred.detach())
+        # A structured output (a Hugging Face ModelOutput) gives its logits, as metrics see.
+        pred = output_logits(learn.pred, learn.pred_key)
+        self._preds.append(pred.detach())
         if learn.yb:
             self._targs.append(learn.yb[0].detach())
         if self.with_input:
-            self._inputs.append(learn.xb[0].detach())
+            xb = learn.xb
+            self._inputs.append(_detached(xb if isinstance(xb, Mapping) else xb[0]))
         if self._loss_none is not None:
-            self._losses.append(self._loss_none(learn.pred, *learn.yb).detach())
+            self._losses.append(self._loss_none(pred, *learn.yb).detach())
 
     def preds(self) -> torch.Tensor:
         return torch.cat(self._preds)
@@ -80,11 +85,21 @@ class GatherPreds(Callback):
     def targets(self) -> torch.Tensor | None:
         return torch.cat(self._targs) if self._targs else None
 
-    def inputs(self) -> torch.Tensor:
+    def inputs(self) -> Any:
+        """The first input of every batch, concatenated (mapping inputs: per key)."""
+        first = self._inputs[0]
+        if isinstance(first, Mapping):
+            return {k: torch.cat([b[k] for b in self._inputs]) for k in first}
         return torch.cat(self._inputs)
 
     def losses(self) -> torch.Tensor:
         return torch.cat(self._losses)
+
+
+def _detached(x: Any) -> Any:
+    if isinstance(x, Mapping):
+        return {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in x.items()}
+    return x.detach()
 
 
 def _per_item_loss(loss_func: Any) -> Any:
