@@ -323,7 +323,7 @@ class DistributedTrainer(Callback):
         ]
         learn.dls = shards
         learn.model = ddp
-        recorder = learn.__dict__.get("recorder")
+        recorder = learn.find_cb("recorder")
         if recorder is not None:
             recorder.reduce_fn = reduce_weighted
 
@@ -351,7 +351,7 @@ class DistributedTrainer(Callback):
         if self._module is not None and model is not self._ddp:
             model = self._module  # SyncBatchNorm conversion may have replaced the top module
         learn.model, learn.dls = model, dls
-        recorder = learn.__dict__.get("recorder")
+        recorder = learn.find_cb("recorder")
         if recorder is not None:
             recorder.reduce_fn = None
         self._reset()
@@ -363,7 +363,7 @@ def distributed_callbacks(learn: Learner, extra: list, resume: Any = None) -> li
         return []
     init_distributed()
     # Rank-0-only callbacks are dropped from the dispatch table of the other ranks.
-    learn._rebuild()
+    learn.refresh_callbacks()
     if any(isinstance(c, DistributedTrainer) for c in [*learn.cbs, *extra]):
         return []
     return [DistributedTrainer()]
@@ -392,7 +392,7 @@ def distrib_ctx(
         )
     created = init_distributed(backend, timeout)
     if is_distributed():
-        learn._rebuild()
+        learn.refresh_callbacks()
     cb = DistributedTrainer(sync_bn=sync_bn, backend=backend, timeout=timeout, **ddp_kwargs)
     learn.add_cb(cb)
     try:

@@ -146,6 +146,7 @@ class LRFinder(ParamScheduler):
     """
 
     run_valid = True  # to cancel validation in before_validate
+    trial_run = True  # its training is undone: savers, loggers and plots leave the fit alone
 
     def __init__(
         self,
@@ -183,7 +184,7 @@ class LRFinder(ParamScheduler):
             [m.training for m in model.modules()],
         )
         self.best_loss = math.inf
-        recorder = learn.__dict__.get("recorder")
+        recorder = learn.find_cb("recorder")
         if recorder is not None:
             recorder.lr_find_result = LRFindResult()
 

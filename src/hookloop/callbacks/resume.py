@@ -24,7 +24,6 @@ from ..checkpoint import (
     save_checkpoint,
 )
 from ..learner import FIT_EXTENSIONS
-from .lr_finder import LRFinder
 
 
 def _epoch_generator(seed: int, epoch: int, salt: int) -> torch.Generator:
@@ -106,12 +105,6 @@ def make_resumable(dl: Any, seed: int | None = None) -> bool:
     return True
 
 
-def _lr_find_running(learn: Any) -> bool:
-    # lr_find's short fit is not the training to back up: it must neither restore the backups,
-    # nor overwrite them, nor delete them when it ends.
-    return any(isinstance(c, LRFinder) for c in learn.cbs)
-
-
 class _Restore(Callback):
     """Restores a checkpoint into the fit it is attached to (the restore half of the backups).
 
@@ -134,7 +127,9 @@ class _Restore(Callback):
     def before_fit(self) -> None:
         learn = self.learn
         self.restored_from, self._pending = None, None
-        self._active = not _lr_find_running(learn)
+        # lr_find's short fit is not the training to back up: it must neither restore the
+        # backups, nor overwrite them, nor delete them when it ends.
+        self._active = not learn.trial_run
         if not self._active:
             return
         make_resumable(learn.dls.train)
@@ -223,7 +218,7 @@ class BackupAndRestore(_Restore):
         learn = self.learn
         if (
             self.save_freq != "epoch"
-            and not _lr_find_running(learn)
+            and not learn.trial_run
             and not make_resumable(learn.dls.train)
         ):
             raise ValueError(
@@ -240,7 +235,7 @@ class BackupAndRestore(_Restore):
 
     def _backup_every_n(self) -> None:
         learn = self.learn
-        if learn._training and learn.train_iter % self.save_freq == 0:
+        if learn.training and learn.train_iter % self.save_freq == 0:
             self._backup(learn.epoch, learn.iter + 1)
 
     def after_epoch(self) -> None:

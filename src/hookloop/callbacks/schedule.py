@@ -81,7 +81,7 @@ class ParamScheduler(Callback):
                     f"ParamScheduler: {type(opt).__name__} has no hyper-parameter {name!r}; "
                     f"it has: {', '.join(have)}"
                 )
-        recorder = self.learn.__dict__.get("recorder")
+        recorder = self.learn.find_cb("recorder")
         self._recorder = recorder
         # Only what the Recorder does not record already, so no value is recorded twice.
         self._record = [n for n in self.scheds if recorder is not None and n not in recorder.hps]
@@ -239,7 +239,7 @@ def sgdr_scheds(
 
 def log_learning_rate(learn: Learner) -> None:
     """Keras 3: add this epoch's `learning_rate` to the logs and the History, once per epoch."""
-    recorder = learn.__dict__.get("recorder")
+    recorder = learn.find_cb("recorder")
     if recorder is None or learn.opt is None:
         return
     history = recorder.history

@@ -72,7 +72,7 @@ class _WandbRun(Callback):
         import wandb
 
         self.run = None
-        if any(cb.name == "lr_finder" for cb in self.learn.cbs):
+        if self.learn.trial_run:
             return  # an lr_find sweep is not a training run (fastai skips it too)
         if wandb.run is not None:
             self.run, self.owns_run = wandb.run, False
