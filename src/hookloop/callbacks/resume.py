@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch.utils.data import BatchSampler, DataLoader, IterableDataset, Sampler
 
+from .._check import check_int
 from .._util import is_rank_zero
 from ..callback import Callback
 from ..checkpoint import (
@@ -53,8 +54,7 @@ class ResumableSampler(Sampler[int]):
     """
 
     def __init__(self, sampler: Sampler, seed: int, loader: DataLoader | None = None) -> None:
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed must be an int, got {seed!r}")
+        check_int("seed", seed, typed=True)
         self.sampler = sampler
         self.seed = seed
         self.loader = loader
@@ -197,12 +197,9 @@ class BackupAndRestore(_Restore):
             keep = 2 if double_checkpoint else 1
         if not isinstance(backup_dir, (str, os.PathLike)):
             raise TypeError(f"backup_dir must be a path, got {backup_dir!r}")
-        if save_freq != "epoch" and (
-            isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1
-        ):
-            raise ValueError(f"save_freq must be 'epoch' or a positive int, got {save_freq!r}")
-        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-            raise ValueError(f"keep must be a positive int, got {keep!r}")
+        if save_freq != "epoch":
+            check_int("save_freq", save_freq, 1, what="'epoch' or a positive int")
+        check_int("keep", keep, 1)
         self.backup_dir = Path(backup_dir)
         self.save_freq = save_freq
         self.keep = keep
