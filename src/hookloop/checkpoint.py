@@ -531,7 +531,7 @@ class Checkpoint:
         if self.mid_epoch:
             obj, unit = position_target(learn.dls.train)
             obj.start = self.iter * unit
-            learn._skip = self.iter
+            learn.start_at(self.iter)
         set_rng_state(_own_rng_state(self.parts["state"]["rng"]))
 
 

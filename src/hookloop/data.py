@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ._check import check_int, check_number
 from ._util import find_bs
 
 
@@ -46,8 +47,7 @@ class TensorLoader:
                     f"tensors must share their first dimension, got lengths "
                     f"{[len(t) for t in tensors]}"
                 )
-        if not isinstance(bs, int) or bs < 1:
-            raise ValueError(f"bs must be a positive int, got {bs!r}")
+        check_int("bs", bs, 1)
         self.tensors = tensors
         self.bs = bs
         self.shuffle = shuffle
@@ -97,10 +97,8 @@ class TensorLoader:
         without it (validation) the samples are split without repeats and a rank may get one
         batch fewer.
         """
-        if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-            raise ValueError(f"world_size must be a positive int, got {world_size!r}")
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
-            raise ValueError(f"rank must be an int in [0, {world_size}), got {rank!r}")
+        check_int("world_size", world_size, 1)
+        check_int("rank", rank, 0, below=world_size)
         new = copy.copy(self)
         new.rank, new.world_size, new.pad = rank, world_size, bool(pad)
         return new
@@ -221,8 +219,7 @@ class DataLoaders:
             xv, yv = (torch.as_tensor(t) for t in valid)
             xt, yt = x, y
         elif valid_pct:
-            if not 0 < valid_pct < 1:
-                raise ValueError(f"valid_pct must be in (0, 1), got {valid_pct!r}")
+            check_number("valid_pct", valid_pct, positive=True, below=1, what="in (0, 1)")
             g = torch.Generator()
             g.manual_seed(seed)
             perm = torch.randperm(len(x), generator=g)

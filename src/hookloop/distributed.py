@@ -21,6 +21,7 @@ from torch.utils.data import (
     Sampler,
 )
 
+from ._check import check_int, check_number
 from ._util import (
     is_distributed,
     is_rank_zero,
@@ -42,8 +43,7 @@ def barrier() -> None:
 def _as_timeout(timeout: Any) -> datetime.timedelta | None:
     if timeout is None or isinstance(timeout, datetime.timedelta):
         return timeout
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ValueError(f"timeout must be positive seconds or a timedelta, got {timeout!r}")
+    check_number("timeout", timeout, positive=True, what="positive seconds or a timedelta")
     return datetime.timedelta(seconds=timeout)
 
 
@@ -150,12 +150,9 @@ class ShardSampler(Sampler[int]):
     """
 
     def __init__(self, n: int, rank: int, world_size: int) -> None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"n must be a non-negative int, got {n!r}")
-        if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-            raise ValueError(f"world_size must be a positive int, got {world_size!r}")
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
-            raise ValueError(f"rank must be an int in [0, {world_size}), got {rank!r}")
+        check_int("n", n, 0, what="a non-negative int")
+        check_int("world_size", world_size, 1)
+        check_int("rank", rank, 0, below=world_size)
         self.n, self.rank, self.world_size = n, rank, world_size
 
     def __iter__(self) -> Iterator[int]:
@@ -323,7 +320,7 @@ class DistributedTrainer(Callback):
         ]
         learn.dls = shards
         learn.model = ddp
-        recorder = learn.__dict__.get("recorder")
+        recorder = learn.find_cb("recorder")
         if recorder is not None:
             recorder.reduce_fn = reduce_weighted
 
@@ -351,7 +348,7 @@ class DistributedTrainer(Callback):
         if self._module is not None and model is not self._ddp:
             model = self._module  # SyncBatchNorm conversion may have replaced the top module
         learn.model, learn.dls = model, dls
-        recorder = learn.__dict__.get("recorder")
+        recorder = learn.find_cb("recorder")
         if recorder is not None:
             recorder.reduce_fn = None
         self._reset()
@@ -363,7 +360,7 @@ def distributed_callbacks(learn: Learner, extra: list, resume: Any = None) -> li
         return []
     init_distributed()
     # Rank-0-only callbacks are dropped from the dispatch table of the other ranks.
-    learn._rebuild()
+    learn.refresh_callbacks()
     if any(isinstance(c, DistributedTrainer) for c in [*learn.cbs, *extra]):
         return []
     return [DistributedTrainer()]
@@ -392,7 +389,7 @@ def distrib_ctx(
         )
     created = init_distributed(backend, timeout)
     if is_distributed():
-        learn._rebuild()
+        learn.refresh_callbacks()
     cb = DistributedTrainer(sync_bn=sync_bn, backend=backend, timeout=timeout, **ddp_kwargs)
     learn.add_cb(cb)
     try:

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch.optim import Optimizer
 
+from ._check import is_number
+
 __all__ = ["HYPER_NAMES", "hyper_names", "get_hyper", "set_hyper", "even_mults"]
 
 HYPER_NAMES: tuple[str, ...] = ("lr", "mom", "sqr_mom", "wd", "eps")
@@ -22,7 +24,7 @@ def _is_scalar(value: object) -> bool:
     # must not be reported as a hyper-parameter we can read as one float.
     if isinstance(value, torch.Tensor):
         return value.numel() == 1
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return is_number(value)
 
 
 def _lookup(opt: Optimizer, name: str) -> tuple[str, int | None] | None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ._check import check_number
 from ._util import camel_to_snake, find_bs
 
 
@@ -113,8 +114,7 @@ class AvgSmoothLoss(Metric):
     higher_is_better = False
 
     def __init__(self, beta: float = 0.98) -> None:
-        if not 0 <= beta < 1:
-            raise ValueError(f"beta must be in [0, 1), got {beta!r}")
+        check_number("beta", beta, 0, below=1, what="in [0, 1)")
         self.beta = beta
         self.reset()
 

@@ -314,7 +314,7 @@ class KerasStopTraining(Callback):
     def after_batch(self) -> None:
         # Keras 3: a flag set during a training batch ends that epoch's batch loop.
         learn = self.learn
-        if learn._training and getattr(unwrap_model(learn.model), "stop_training", False):
+        if learn.training and getattr(unwrap_model(learn.model), "stop_training", False):
             raise CancelTrainException()
 
     def after_epoch(self) -> None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._check import check_int, check_number
 from .._util import unwrap_model
 from ..distributed import any_rank, broadcast_object, world_size
 from ..events import CancelFitException, CancelValidException
@@ -118,11 +119,9 @@ class LRFindResult:
 
 def _positive_lrs(name: str, value: Any) -> list[float]:
     values = list(value) if isinstance(value, (list, tuple)) else [value]
+    what = "a positive number (or one per group)"
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-            raise ValueError(
-                f"LRFinder: {name} must be a positive number (or one per group), got {value!r}"
-            )
+        check_number(name, v, positive=True, what=what, owner="LRFinder", shown=value)
     return [float(v) for v in values]
 
 
@@ -146,6 +145,7 @@ class LRFinder(ParamScheduler):
     """
 
     run_valid = True  # to cancel validation in before_validate
+    trial_run = True  # its training is undone: savers, loggers and plots leave the fit alone
 
     def __init__(
         self,
@@ -165,8 +165,7 @@ class LRFinder(ParamScheduler):
         for s, e in zip(starts, ends):
             if not s < e:
                 raise ValueError(f"LRFinder: start_lr must be below end_lr, got {s!r} >= {e!r}")
-        if isinstance(num_it, bool) or not isinstance(num_it, int) or num_it < 6:
-            raise ValueError(f"LRFinder: num_it must be an int >= 6, got {num_it!r}")
+        check_int("num_it", num_it, 6, owner="LRFinder")
         scheds = [SchedExp(s, e) for s, e in zip(starts, ends)]
         super().__init__({"lr": PerGroup(scheds) if n > 1 else scheds[0]})
         self.start_lr, self.end_lr, self.num_it, self.stop_div = start_lr, end_lr, num_it, stop_div
@@ -183,7 +182,7 @@ class LRFinder(ParamScheduler):
             [m.training for m in model.modules()],
         )
         self.best_loss = math.inf
-        recorder = learn.__dict__.get("recorder")
+        recorder = learn.find_cb("recorder")
         if recorder is not None:
             recorder.lr_find_result = LRFindResult()
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from .._check import check_int, check_number
 from ..callback import Callback
 from ..data import find_bs
 from ..learner import Learner
@@ -88,13 +89,12 @@ class _Mixing(Callback):
     run_before = ("MixedPrecision",)
 
     def __init__(self, alpha: float, seed: int | None) -> None:
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
-            raise ValueError(f"alpha must be a number > 0, got {alpha!r}")
+        check_number("alpha", alpha, positive=True, what="a number > 0")
         if seed is None:
             # Follows torch.manual_seed, so a seeded script draws the same mixes.
             seed = int(torch.randint(0, 2**62, (1,)).item())
-        elif isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed must be an int or None, got {seed!r}")
+        else:
+            check_int("seed", seed, what="an int or None", typed=True)
         self.alpha = float(alpha)
         self.seed = seed
         self.generator = torch.Generator()

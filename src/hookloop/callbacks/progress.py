@@ -9,6 +9,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from .._check import check_number
 from .._util import in_notebook, no_log
 from ..callback import Callback
 from ..learner import DEFAULT_CBS, Learner
@@ -79,8 +80,9 @@ class ProgressBar(Callback):
             mininterval, count_mode = 0.1, mininterval
         if count_mode not in ("steps", "samples"):
             raise ValueError(f"count_mode must be 'steps' or 'samples', got {count_mode!r}")
-        if not isinstance(mininterval, (int, float)) or mininterval < 0:
-            raise ValueError(f"mininterval must be a number of seconds >= 0, got {mininterval!r}")
+        # An infinite interval is meaningful: the bar redraws only when the phase ends.
+        what = "a number of seconds >= 0"
+        check_number("mininterval", mininterval, 0, what=what, finite=False)
         self.count_mode = count_mode
         self.stateful_metrics = stateful_metrics
         self.mininterval = mininterval

@@ -213,7 +213,7 @@ class Recorder(Callback):
         loss = learn.loss
         if loss is None:
             return
-        if learn._training:
+        if learn.training:
             bs = find_bs(learn.yb or learn.xb)
             group = learn.opt.param_groups[-1]
             mom_key = self._mom_key
@@ -261,7 +261,7 @@ class Recorder(Callback):
         self.last_validation = vals
         # An evaluation a callback runs inside the fit (validate(), Keras' evaluate()) is not
         # the epoch's validation phase.
-        if self._fitting and not self._epoch_done and not self.learn._evaluating:
+        if self._fitting and not self._epoch_done and not self.learn.evaluating:
             self._row.update(vals)
             self._counts.update(dict.fromkeys(vals, sum(self._valid_loss.counts)))
             self._finish_epoch()

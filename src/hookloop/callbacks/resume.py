@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch.utils.data import BatchSampler, DataLoader, IterableDataset, Sampler
 
+from .._check import check_int
 from .._util import is_rank_zero
 from ..callback import Callback
 from ..checkpoint import (
@@ -24,7 +25,6 @@ from ..checkpoint import (
     save_checkpoint,
 )
 from ..learner import FIT_EXTENSIONS
-from .lr_finder import LRFinder
 
 
 def _epoch_generator(seed: int, epoch: int, salt: int) -> torch.Generator:
@@ -54,8 +54,7 @@ class ResumableSampler(Sampler[int]):
     """
 
     def __init__(self, sampler: Sampler, seed: int, loader: DataLoader | None = None) -> None:
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed must be an int, got {seed!r}")
+        check_int("seed", seed, typed=True)
         self.sampler = sampler
         self.seed = seed
         self.loader = loader
@@ -106,12 +105,6 @@ def make_resumable(dl: Any, seed: int | None = None) -> bool:
     return True
 
 
-def _lr_find_running(learn: Any) -> bool:
-    # lr_find's short fit is not the training to back up: it must neither restore the backups,
-    # nor overwrite them, nor delete them when it ends.
-    return any(isinstance(c, LRFinder) for c in learn.cbs)
-
-
 class _Restore(Callback):
     """Restores a checkpoint into the fit it is attached to (the restore half of the backups).
 
@@ -134,7 +127,9 @@ class _Restore(Callback):
     def before_fit(self) -> None:
         learn = self.learn
         self.restored_from, self._pending = None, None
-        self._active = not _lr_find_running(learn)
+        # lr_find's short fit is not the training to back up: it must neither restore the
+        # backups, nor overwrite them, nor delete them when it ends.
+        self._active = not learn.trial_run
         if not self._active:
             return
         make_resumable(learn.dls.train)
@@ -202,12 +197,9 @@ class BackupAndRestore(_Restore):
             keep = 2 if double_checkpoint else 1
         if not isinstance(backup_dir, (str, os.PathLike)):
             raise TypeError(f"backup_dir must be a path, got {backup_dir!r}")
-        if save_freq != "epoch" and (
-            isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1
-        ):
-            raise ValueError(f"save_freq must be 'epoch' or a positive int, got {save_freq!r}")
-        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-            raise ValueError(f"keep must be a positive int, got {keep!r}")
+        if save_freq != "epoch":
+            check_int("save_freq", save_freq, 1, what="'epoch' or a positive int")
+        check_int("keep", keep, 1)
         self.backup_dir = Path(backup_dir)
         self.save_freq = save_freq
         self.keep = keep
@@ -223,7 +215,7 @@ class BackupAndRestore(_Restore):
         learn = self.learn
         if (
             self.save_freq != "epoch"
-            and not _lr_find_running(learn)
+            and not learn.trial_run
             and not make_resumable(learn.dls.train)
         ):
             raise ValueError(
@@ -240,7 +232,7 @@ class BackupAndRestore(_Restore):
 
     def _backup_every_n(self) -> None:
         learn = self.learn
-        if learn._training and learn.train_iter % self.save_freq == 0:
+        if learn.training and learn.train_iter % self.save_freq == 0:
             self._backup(learn.epoch, learn.iter + 1)
 
     def after_epoch(self) -> None:

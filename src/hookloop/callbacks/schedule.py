@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .._check import check_choice, check_int, check_number, is_number
 from .._util import is_rank_zero, listify
 from ..callback import Callback
 from ..hyper import HYPER_NAMES, get_hyper, hyper_names, set_hyper
@@ -81,7 +82,7 @@ class ParamScheduler(Callback):
                     f"ParamScheduler: {type(opt).__name__} has no hyper-parameter {name!r}; "
                     f"it has: {', '.join(have)}"
                 )
-        recorder = self.learn.__dict__.get("recorder")
+        recorder = self.learn.find_cb("recorder")
         self._recorder = recorder
         # Only what the Recorder does not record already, so no value is recorded twice.
         self._record = [n for n in self.scheds if recorder is not None and n not in recorder.hps]
@@ -118,17 +119,9 @@ def _base_lrs(learn: Learner, lr: float | slice | Sequence[float] | None) -> lis
     return get_hyper(learn.opt, "lr")
 
 
-def _check_positive(owner: str, **values: float) -> None:
-    for name, v in values.items():
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v > 0:
-            raise ValueError(f"{owner}: {name} must be a positive number, got {v!r}")
-
-
 def _check_pct(owner: str, pct_start: float) -> None:
-    if isinstance(pct_start, bool) or not isinstance(pct_start, numbers.Real):
-        raise TypeError(f"{owner}: pct_start must be a number in [0, 1], got {pct_start!r}")
-    if not 0 <= pct_start <= 1:
-        raise ValueError(f"{owner}: pct_start must be in [0, 1], got {pct_start!r}")
+    what = "a number in [0, 1]"
+    check_number("pct_start", pct_start, 0, maximum=1, what=what, owner=owner, typed=True)
 
 
 def one_cycle_scheds(
@@ -141,7 +134,9 @@ def one_cycle_scheds(
 ) -> dict[str, Callable]:
     """fastai's one-cycle schedules: lr cosine lr_max/div -> lr_max -> lr_max/div_final,
     mom cosine moms[0] -> moms[1] -> moms[2], both turning at pct_start."""
-    _check_positive("fit_one_cycle", div=div, div_final=div_final)
+    # An infinite divisor is a schedule that starts or ends at 0.
+    check_number("div", div, positive=True, owner="fit_one_cycle", finite=False)
+    check_number("div_final", div_final, positive=True, owner="fit_one_cycle", finite=False)
     _check_pct("fit_one_cycle", pct_start)
     if moms is None:
         moms = getattr(learn, "moms", DEFAULT_MOMS)
@@ -186,9 +181,8 @@ def window_scheds(
     start_epoch + n_epoch of schedules that span tot_epochs (default n_epoch)."""
     total = n_epoch if tot_epochs is None else tot_epochs
     start = 0 if start_epoch is None else start_epoch
-    for name, v in (("tot_epochs", total), ("start_epoch", start)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ValueError(f"fit_one_cycle: {name} must be an int >= 0, got {v!r}")
+    check_int("tot_epochs", total, 0, owner="fit_one_cycle")
+    check_int("start_epoch", start, 0, owner="fit_one_cycle")
     if start + n_epoch > total:
         raise ValueError(
             f"fit_one_cycle: start_epoch + n_epoch ({start} + {n_epoch}) exceeds "
@@ -204,7 +198,7 @@ def flat_cos_scheds(
     pct_start: float = 0.75,
 ) -> dict[str, Callable]:
     """fastai's flat-cos schedule: lr flat for pct_start, then cosine down to lr/div_final."""
-    _check_positive("fit_flat_cos", div_final=div_final)
+    check_number("div_final", div_final, positive=True, owner="fit_flat_cos", finite=False)
     _check_pct("fit_flat_cos", pct_start)
     lrs = _base_lrs(learn, lr)
     return {"lr": PerGroup([combined_cos(pct_start, v, v, v / div_final) for v in lrs])}
@@ -213,8 +207,7 @@ def flat_cos_scheds(
 def sgdr_n_epoch(n_cycles: int, cycle_len: int, cycle_mult: int = 2) -> int:
     """Epochs of `fit_sgdr`: cycle_len * (1 + cycle_mult + ... + cycle_mult**(n_cycles-1))."""
     for name, v in (("n_cycles", n_cycles), ("cycle_len", cycle_len), ("cycle_mult", cycle_mult)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"fit_sgdr: {name} must be a positive int, got {v!r}")
+        check_int(name, v, 1, owner="fit_sgdr")
     if cycle_mult == 1:  # fastai's closed form divides by cycle_mult - 1
         return cycle_len * n_cycles
     return cycle_len * (cycle_mult**n_cycles - 1) // (cycle_mult - 1)
@@ -239,7 +232,7 @@ def sgdr_scheds(
 
 def log_learning_rate(learn: Learner) -> None:
     """Keras 3: add this epoch's `learning_rate` to the logs and the History, once per epoch."""
-    recorder = learn.__dict__.get("recorder")
+    recorder = learn.find_cb("recorder")
     if recorder is None or learn.opt is None:
         return
     history = recorder.history
@@ -286,8 +279,7 @@ class LearningRateScheduler(Callback):
     def __init__(self, schedule: Callable[..., float], verbose: int = 0) -> None:
         if not callable(schedule):
             raise TypeError(f"LearningRateScheduler: schedule must be callable, got {schedule!r}")
-        if isinstance(verbose, bool) or not isinstance(verbose, int) or verbose < 0:
-            raise ValueError(f"LearningRateScheduler: verbose must be 0 or 1, got {verbose!r}")
+        check_int("verbose", verbose, 0, what="0 or 1", owner="LearningRateScheduler")
         self.schedule, self.verbose = schedule, verbose
         self._with_lr = _takes_lr(schedule)
         self._start: tuple[int, float] | None = None  # (epoch, the lr the schedule was given)
@@ -370,7 +362,7 @@ class ReduceLROnPlateau(Callback):
     ) -> None:
         if not isinstance(monitor, str):
             raise TypeError(f"ReduceLROnPlateau: monitor must be a str, got {monitor!r}")
-        if isinstance(factor, bool) or not isinstance(factor, numbers.Real):
+        if not is_number(factor):
             raise TypeError(f"ReduceLROnPlateau: factor must be a float, got {factor!r}")
         if factor >= 1.0:
             raise ValueError(
@@ -379,19 +371,14 @@ class ReduceLROnPlateau(Callback):
             )
         if factor <= 0:
             raise ValueError(f"ReduceLROnPlateau: factor must be > 0, got factor={factor!r}")
-        for name, v in (("patience", patience), ("cooldown", cooldown)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"ReduceLROnPlateau: {name} must be an int >= 0, got {v!r}")
-        if isinstance(min_delta, bool) or not isinstance(min_delta, numbers.Real) or min_delta < 0:
-            raise ValueError(f"ReduceLROnPlateau: min_delta must be >= 0, got {min_delta!r}")
+        owner = "ReduceLROnPlateau"
+        check_int("patience", patience, 0, owner=owner)
+        check_int("cooldown", cooldown, 0, owner=owner)
+        check_number("min_delta", min_delta, 0, what=">= 0", owner=owner)
         min_lrs = list(min_lr) if isinstance(min_lr, (list, tuple)) else [min_lr]
         for v in min_lrs:
-            if isinstance(v, bool) or not isinstance(v, numbers.Real) or v < 0:
-                raise ValueError(f"ReduceLROnPlateau: min_lr must be >= 0, got {min_lr!r}")
-        if mode not in ("auto", "min", "max"):
-            raise ValueError(
-                f"ReduceLROnPlateau: mode must be 'auto', 'min' or 'max', got {mode!r}"
-            )
+            check_number("min_lr", v, 0, what=">= 0", owner=owner, shown=min_lr)
+        check_choice("mode", mode, ("auto", "min", "max"), owner=owner)
         self.monitor, self.factor, self.patience = monitor, float(factor), patience
         self.min_delta, self.cooldown, self.min_lr = float(min_delta), cooldown, min_lr
         self.mode, self.verbose, self.reset_on_fit = mode, verbose, reset_on_fit

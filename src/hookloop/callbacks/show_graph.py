@@ -7,7 +7,6 @@ from typing import Any
 
 from .._util import in_notebook, save_png
 from ..callback import Callback
-from .lr_finder import LRFinder
 from .plots import show_in_notebook
 
 
@@ -42,7 +41,7 @@ class ShowGraph(Callback):
 
     def before_fit(self) -> None:
         learn = self.learn
-        self._run = not any(isinstance(cb, LRFinder) for cb in learn.cbs)
+        self._run = not learn.trial_run
         self._notebook = in_notebook() if self.notebook is None else self.notebook
         self.handle = None
         self._total = learn.n_epoch * len(learn.dls.train)

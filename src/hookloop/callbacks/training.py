@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._check import check_int, check_number, is_number
 from .._util import unwrap_model
 from ..callback import Callback
 from ..data import find_bs
@@ -21,12 +22,6 @@ _DTYPES = {
     "bf16": torch.bfloat16,
     "bfloat16": torch.bfloat16,
 }
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 class MixedPrecision(Callback):
@@ -67,18 +62,16 @@ class MixedPrecision(Callback):
             dtype = _DTYPES[dtype.lower()]
         if dtype not in (torch.float16, torch.bfloat16):
             raise ValueError(f"dtype must be torch.float16 or torch.bfloat16, got {dtype!r}")
-        if not init_scale > 0:
-            raise ValueError(f"init_scale must be > 0, got {init_scale!r}")
-        if not growth_factor > 1:
+        check_number("init_scale", init_scale, positive=True, what="> 0")
+        if not (is_number(growth_factor) and growth_factor > 1):
             raise ValueError(f"growth_factor must be > 1, got {growth_factor!r}")
-        if not 0 < backoff_factor < 1:
-            raise ValueError(f"backoff_factor must be in (0, 1), got {backoff_factor!r}")
+        check_number("backoff_factor", backoff_factor, positive=True, below=1, what="in (0, 1)")
         self.dtype = dtype
         self.scaler_kwargs = {
             "init_scale": init_scale,
             "growth_factor": growth_factor,
             "backoff_factor": backoff_factor,
-            "growth_interval": _positive_int("growth_interval", growth_interval),
+            "growth_interval": check_int("growth_interval", growth_interval, 1),
         }
         self.scaler: torch.amp.GradScaler | None = None
         self._pending_scaler_state: dict | None = None
@@ -218,12 +211,12 @@ class GradientClip(Callback):
     ) -> None:
         if max_norm is None and clip_value is None:
             raise ValueError("GradientClip needs max_norm or clip_value; got None for both")
-        if max_norm is not None and not max_norm > 0:
-            raise ValueError(f"max_norm must be > 0, got {max_norm!r}")
-        if not norm_type > 0:
-            raise ValueError(f"norm_type must be > 0, got {norm_type!r}")
-        if clip_value is not None and not clip_value > 0:
-            raise ValueError(f"clip_value must be > 0, got {clip_value!r}")
+        # An infinite norm_type is the max-norm; an infinite bound records the norm unclipped.
+        if max_norm is not None:
+            check_number("max_norm", max_norm, positive=True, what="> 0", finite=False)
+        check_number("norm_type", norm_type, positive=True, what="> 0", finite=False)
+        if clip_value is not None:
+            check_number("clip_value", clip_value, positive=True, what="> 0", finite=False)
         self.max_norm, self.norm_type, self.clip_value = max_norm, float(norm_type), clip_value
         self.last_norm: torch.Tensor | None = None
 
@@ -266,9 +259,9 @@ class GradientAccumulation(Callback):
         if n_acc is not None and steps is not None:
             raise ValueError(f"pass n_acc or steps, not both; got n_acc={n_acc!r}, steps={steps!r}")
         if steps is not None:
-            self.n_acc, self.steps = None, _positive_int("steps", steps)
+            self.n_acc, self.steps = None, check_int("steps", steps, 1)
         else:
-            self.n_acc, self.steps = _positive_int("n_acc", 32 if n_acc is None else n_acc), None
+            self.n_acc, self.steps = check_int("n_acc", 32 if n_acc is None else n_acc, 1), None
         self.count = 0
         self._pending: dict | None = None
         self._loaded = False
@@ -368,10 +361,9 @@ class EMA(Callback):
     """
 
     def __init__(self, decay: float = 0.999, every: int = 1, swap_on_validate: bool = True) -> None:
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1:
-            raise ValueError(f"decay must be a number in [0, 1), got {decay!r}")
+        check_number("decay", decay, 0, below=1)
         self.decay = float(decay)
-        self.every = _positive_int("every", every)
+        self.every = check_int("every", every, 1)
         self.swap_on_validate = bool(swap_on_validate)
         self.n_steps = 0
         self._ema_model: nn.Module | None = None

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from .._check import check_choice, check_int, is_int
 from .._util import find_bs, unwrap_model
 from ..callback import Callback
 from ..hyper import get_hyper, hyper_names
@@ -29,10 +30,6 @@ def _require_wandb(owner: str) -> None:
         raise ImportError(
             f"{owner} needs wandb, which is not installed: pip install 'hookloop[wandb]'"
         )
-
-
-def _is_positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _check_optional_str(name: str, value: Any) -> None:
@@ -72,7 +69,7 @@ class _WandbRun(Callback):
         import wandb
 
         self.run = None
-        if any(cb.name == "lr_finder" for cb in self.learn.cbs):
+        if self.learn.trial_run:
             return  # an lr_find sweep is not a training run (fastai skips it too)
         if wandb.run is not None:
             self.run, self.owns_run = wandb.run, False
@@ -147,7 +144,7 @@ class WandbMetricsLogger(_WandbRun):
             every = 0
         elif log_freq == "batch":
             every = 1
-        elif _is_positive_int(log_freq):
+        elif is_int(log_freq) and log_freq > 0:
             every = log_freq
         else:
             raise ValueError(
@@ -246,17 +243,13 @@ class WandbCallback(_WandbRun):
         run_name: str | None = None,
         init_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        if log not in _LOG_CHOICES:
-            raise ValueError(f"log must be 'gradients', 'parameters', 'all' or None, got {log!r}")
-        if not _is_positive_int(log_freq):
-            raise ValueError(f"log_freq must be a positive int, got {log_freq!r}")
+        check_choice("log", log, _LOG_CHOICES)
+        check_int("log_freq", log_freq, 1)
         _check_bool("log_preds", log_preds)
         _check_bool("log_model", log_model)
         _check_optional_str("model_name", model_name)
-        if not _is_positive_int(n_preds):
-            raise ValueError(f"n_preds must be a positive int, got {n_preds!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an int, got {seed!r}")
+        check_int("n_preds", n_preds, 1)
+        check_int("seed", seed)
         super().__init__(project, run_name, init_kwargs)
         self.log = log
         self.log_freq = log_freq
