@@ -42,6 +42,14 @@ def keras_name(name: str) -> str:
     return f"val_{name}"
 
 
+def length_or_none(o: Any) -> int | None:
+    """`len(o)`, or None for an object with no length (a stream's loader)."""
+    try:
+        return len(o)
+    except TypeError:
+        return None
+
+
 def listify(o: Any) -> list:
     """None -> [], a list or tuple -> a list of its items, anything else -> [o]."""
     if o is None:

@@ -18,6 +18,7 @@ from ._check import check_int
 from ._util import (
     atomic_save,
     find_bs,
+    length_or_none,
     listify,
     local_rank,
     no_log,
@@ -458,11 +459,17 @@ class Learner:
         self._plain_update = not any(handlers[e] for e in _UPDATE_EVENTS)
 
     @property
+    def batches_per_epoch(self) -> int | None:
+        """Training batches in one epoch: `steps_per_epoch` when given, else the training
+        loader's length, or None for a loader with no length."""
+        return self._epoch_length(self.dls.train, training=True)
+
+    @property
     def total_iters(self) -> int | None:
         """Training batches in the whole fit (n_epoch x batches per epoch), or None when the
         training loader has no length and no `steps_per_epoch` was given."""
-        total = self._total_iters
-        return None if total == math.inf else total
+        n = self.batches_per_epoch
+        return None if n is None else max(self.n_epoch * n, 1)
 
     @property
     def smooth_loss(self) -> float:
@@ -499,10 +506,9 @@ class Learner:
 
     def _do_fit(self) -> None:
         # Sized here, after before_fit: a distributed fit shards dls.train in before_fit.
-        n = self._epoch_length(self.dls.train, training=True)
         # An unknown total (a stream with no length) keeps pct_train at 0: schedules need it
         # and say so in before_fit.
-        self._total_iters = max(self.n_epoch * n, 1) if n is not None else math.inf
+        self._total_iters = self.total_iters or math.inf
         for epoch in range(self.epoch, self.n_epoch):
             self.epoch = epoch
             self._with_events(self._do_epoch, "epoch")
@@ -572,10 +578,7 @@ class Learner:
         # length, or None for a loader with no length (a stream).
         if training and self.steps_per_epoch is not None:
             return self.steps_per_epoch
-        try:
-            return len(dl)
-        except TypeError:
-            return None
+        return length_or_none(dl)
 
     def _next_batches(self, steps: int) -> Iterator:
         # Keras' steps_per_epoch: an epoch takes the next `steps` batches; the loader's iterator

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ._check import check_number
-from ._util import camel_to_snake, find_bs
+from ._util import camel_to_snake, find_bs, output_logits
 
 
 class Metric:
@@ -75,7 +75,10 @@ class AvgMetric(Metric):
         self.counts: list[int] = []
 
     def accumulate(self, learn: Any) -> None:
-        self.vals.append(self.func(learn.pred, *learn.yb))
+        pred = output_logits(learn.pred, getattr(learn, "pred_key", None))
+        if type(pred) is not torch.Tensor:  # a structured output: its logits (pred_key)
+            pred = output_logits(pred, getattr(learn, "pred_key", None))
+        self.vals.append(self.func(pred, *learn.yb))
         self.counts.append(find_bs(learn.yb if learn.yb else learn.xb))
 
     def state_dict(self) -> dict:

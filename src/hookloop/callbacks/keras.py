@@ -132,7 +132,7 @@ class BatchLogs(dict):
 
 def fit_params(learn: Any) -> dict[str, Any]:
     """Keras `self.params`: epochs, steps (training batches per epoch), verbose."""
-    return {"epochs": learn.n_epoch, "steps": len(learn.dls.train), "verbose": 1}
+    return {"epochs": learn.n_epoch, "steps": learn.batches_per_epoch, "verbose": 1}
 
 
 def epoch_logs(learn: Any) -> dict[str, float]:

@@ -10,7 +10,7 @@ from typing import Any
 from tqdm import tqdm
 
 from .._check import check_number
-from .._util import in_notebook, no_log
+from .._util import in_notebook, length_or_none, no_log
 from ..callback import Callback
 from ..learner import DEFAULT_CBS, Learner
 
@@ -118,8 +118,11 @@ class ProgressBar(Callback):
         if not self._draw:
             return
         self._close()
+        learn = self.learn
+        # Set before the loop sets n_iter: the phase's batches, None for a stream (no total).
+        steps = learn.steps_per_epoch if learn.training else None
         self.bar = self._bar_cls(
-            total=len(self.learn.dl),
+            total=steps if steps is not None else length_or_none(learn.dl),
             desc=f"epoch {self.learn.epoch} {desc}",
             leave=self.leave,
             mininterval=self.mininterval,
@@ -132,7 +135,8 @@ class ProgressBar(Callback):
         if bar is not None:
             # Batches done but not handed to the bar yet. `iter` may be the last phase's when
             # this one had no batch: the bar never goes past its total.
-            left = min(self.learn.iter + 1, bar.total) - bar.n
+            done = self.learn.iter + 1
+            left = (done if bar.total is None else min(done, bar.total)) - bar.n
             if left > 0:
                 bar.update(left)
             bar.close()

@@ -175,7 +175,7 @@ class Recorder(Callback):
                 self._hps["mom"] = []
         self.values, self.rows, self.iters = [], [], []
         self.history = History(
-            {"epochs": learn.n_epoch, "steps": len(learn.dls.train), "verbose": 1}
+            {"epochs": learn.n_epoch, "steps": learn.batches_per_epoch, "verbose": 1}
         )
         self._valid_loss = AvgLoss()
         self._valid_mets = list(learn.metrics)

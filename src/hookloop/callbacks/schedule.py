@@ -82,6 +82,11 @@ class ParamScheduler(Callback):
                     f"ParamScheduler: {type(opt).__name__} has no hyper-parameter {name!r}; "
                     f"it has: {', '.join(have)}"
                 )
+        if self.learn.total_iters is None:
+            raise ValueError(
+                "ParamScheduler needs the number of training batches, and dls.train has no "
+                "length (a stream): give fit(..., steps_per_epoch=k)"
+            )
         recorder = self.learn.find_cb("recorder")
         self._recorder = recorder
         # Only what the Recorder does not record already, so no value is recorded twice.
@@ -482,13 +487,14 @@ def fit_one_cycle(
     final_div: float | None = None,
     tot_epochs: int | None = None,
     start_epoch: int | None = None,
+    steps_per_epoch: int | None = None,
 ) -> Any:
     """fastai's 1cycle: lr rises (cosine) from lr_max/div to lr_max over pct_start, then
     falls to lr_max/div_final; momentum moves the other way. lr_max=None uses learn.lr.
     fastai v1 spellings: `max_lr=` for lr_max, `div_factor=` for div, `final_div=` for
     div_final, `moms=(0.95, 0.85)` for (0.95, 0.85, 0.95); `tot_epochs=T, start_epoch=s`
     runs epochs s .. s+n_epoch of a cycle T epochs long."""
-    self._check_fit_args(n_epoch)
+    self._check_fit_args(n_epoch, steps_per_epoch)
     lr_max = _one_of("lr_max", lr_max, "max_lr", max_lr, None)
     div = _one_of("div", div, "div_factor", div_factor, 25.0)
     div_final = _one_of("div_final", div_final, "final_div", final_div, 1e5)
@@ -496,7 +502,14 @@ def fit_one_cycle(
     if tot_epochs is not None or start_epoch is not None:
         scheds = window_scheds(scheds, n_epoch, tot_epochs, start_epoch)
     cbs = [ParamScheduler(scheds), *listify(cbs)]
-    return self.fit(n_epoch, wd=wd, cbs=cbs, callbacks=callbacks, resume=resume)
+    return self.fit(
+        n_epoch,
+        wd=wd,
+        cbs=cbs,
+        callbacks=callbacks,
+        resume=resume,
+        steps_per_epoch=steps_per_epoch,
+    )
 
 
 def fit_flat_cos(
@@ -509,11 +522,19 @@ def fit_flat_cos(
     cbs: Any = None,
     callbacks: Any = None,
     resume: str | Path | None = None,
+    steps_per_epoch: int | None = None,
 ) -> Any:
     """fastai: lr flat for pct_start of training, then cosine down to lr/div_final."""
-    self._check_fit_args(n_epoch)
+    self._check_fit_args(n_epoch, steps_per_epoch)
     cbs = [ParamScheduler(flat_cos_scheds(self, lr, div_final, pct_start)), *listify(cbs)]
-    return self.fit(n_epoch, wd=wd, cbs=cbs, callbacks=callbacks, resume=resume)
+    return self.fit(
+        n_epoch,
+        wd=wd,
+        cbs=cbs,
+        callbacks=callbacks,
+        resume=resume,
+        steps_per_epoch=steps_per_epoch,
+    )
 
 
 def fit_sgdr(
@@ -526,14 +547,22 @@ def fit_sgdr(
     wd: float | None = None,
     callbacks: Any = None,
     resume: str | Path | None = None,
+    steps_per_epoch: int | None = None,
 ) -> Any:
     """fastai's SGDR: n_cycles cosine cycles from lr_max to 0, the first cycle_len epochs
     long and each next one cycle_mult times longer."""
     n_epoch = sgdr_n_epoch(n_cycles, cycle_len, cycle_mult)
-    self._check_fit_args(n_epoch)
+    self._check_fit_args(n_epoch, steps_per_epoch)
     scheds = sgdr_scheds(self, n_cycles, cycle_len, lr_max, cycle_mult)
     cbs = [ParamScheduler(scheds), *listify(cbs)]
-    return self.fit(n_epoch, wd=wd, cbs=cbs, callbacks=callbacks, resume=resume)
+    return self.fit(
+        n_epoch,
+        wd=wd,
+        cbs=cbs,
+        callbacks=callbacks,
+        resume=resume,
+        steps_per_epoch=steps_per_epoch,
+    )
 
 
 def _one_of(name: str, value: Any, v1_name: str, v1_value: Any, default: Any) -> Any:

@@ -44,7 +44,7 @@ class ShowGraph(Callback):
         self._run = not learn.trial_run
         self._notebook = in_notebook() if self.notebook is None else self.notebook
         self.handle = None
-        self._total = learn.n_epoch * len(learn.dls.train)
+        self._total = learn.total_iters  # None: the x axis grows with the stream
         fname = Path(self.fname) if self.fname is not None else Path("loss.png")
         self.png_path = fname if fname.is_absolute() else learn.path / fname
 

@@ -181,7 +181,7 @@ class WandbMetricsLogger(_WandbRun):
         if learn.iter % self._every == 0:
             self.run.log(
                 {
-                    "batch/batch_step": learn.epoch * learn.n_iter + learn.iter,
+                    "batch/batch_step": learn.train_iter - 1,  # counted before after_batch
                     "batch/loss": float(self._loss_sum) / self._seen,
                     "batch/learning_rate": learn.opt.param_groups[-1]["lr"],
                 }
@@ -286,10 +286,11 @@ class WandbCallback(_WandbRun):
         learn = self.learn
         if self.run is None or not learn.training or learn.loss is None:
             return
-        if learn.iter % self.log_freq and learn.iter != learn.n_iter - 1:
+        n_iter = learn.n_iter  # None for a loader with no length
+        if learn.iter % self.log_freq and (n_iter is None or learn.iter != n_iter - 1):
             return
         row: dict[str, Any] = {
-            "epoch": learn.epoch + (learn.iter + 1) / learn.n_iter,
+            "epoch": learn.epoch + ((learn.iter + 1) / n_iter if n_iter else 0),
             "train_loss": float(learn.smooth_loss),
             "raw_loss": float(learn.loss.detach()),
         }
