@@ -2,21 +2,17 @@
 
 from .callback import Callback, class_to_name
 from .callbacks.keras import KerasCallback
-from .callbacks.logging import (
-    BaseLogger,
-    CSVLogger,
-    LambdaCallback,
-    MLflowLogger,
-    RemoteMonitor,
-    TensorBoard,
-    TensorBoardCallback,
-)
+from .callbacks.logging import BaseLogger, CSVLogger, LambdaCallback
 from .callbacks.lr_finder import LRFinder, SuggestionMethod, minimum, slide, steep, valley
 from .callbacks.mixup import CutMix, MixUp
+from .callbacks.mlflow_logger import MLflowLogger
+from .callbacks.nan import TerminateOnNaN, TerminateOnNaNCallback
 from .callbacks.profiler import Profiler
 from .callbacks.progress import ProgbarLogger, ProgressBar
 from .callbacks.recorder import History, Recorder, TrainEval
+from .callbacks.remote_monitor import RemoteMonitor
 from .callbacks.resume import BackupAndRestore, ResumableSampler
+from .callbacks.saving import ModelCheckpoint, SaveModel, SaveModelCallback
 from .callbacks.schedule import (
     LearningRateScheduler,
     ParamScheduler,
@@ -24,16 +20,8 @@ from .callbacks.schedule import (
     ReduceLROnPlateauCallback,
 )
 from .callbacks.show_graph import ShowGraph, ShowGraphCallback
-from .callbacks.tracker import (
-    EarlyStopping,
-    EarlyStoppingCallback,
-    ModelCheckpoint,
-    SaveModel,
-    SaveModelCallback,
-    TerminateOnNaN,
-    TerminateOnNaNCallback,
-    TrackerCallback,
-)
+from .callbacks.tensorboard_logger import TensorBoard, TensorBoardCallback
+from .callbacks.tracker import EarlyStopping, EarlyStoppingCallback, TrackerCallback
 from .callbacks.training import EMA, GradientAccumulation, GradientClip, MixedPrecision
 from .callbacks.wandb import WandbCallback, WandbMetricsLogger
 from .checkpoint import CheckpointError, latest_checkpoint

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from typing import Any
 
 _SAME = object()
@@ -127,13 +128,39 @@ def _number_words(
     return f">= {lo}" if bare else f"a number >= {lo}"
 
 
-def check_choice(name: str, value: Any, choices: tuple, owner: str | None = None) -> Any:
-    """`value` if it is one of `choices`, else a ValueError listing them."""
+def check_choice(
+    name: str, value: Any, choices: tuple, owner: str | None = None, *, what: str | None = None
+) -> Any:
+    """`value` if it is one of `choices`, else a ValueError listing them.
+
+    The message is `"[owner: ]name must be <what>, got <value>"`, what defaulting to
+    "one of 'a', 'b'" (give it to word the choices otherwise, e.g. "'epoch' or 'improvement'").
+    """
     if value in choices:
         return value
-    prefix = f"{owner}: " if owner else ""
     listed = ", ".join(repr(c) for c in choices)
-    raise ValueError(f"{prefix}{name} must be one of {listed}, got {value!r}")
+    _fail(owner, name, what or f"one of {listed}", value)
+    return value  # unreachable: _fail raises
 
 
-__all__ = ["is_int", "is_number", "check_int", "check_number", "check_choice"]
+def check_path(
+    name: str,
+    value: Any,
+    *,
+    empty: bool = True,
+    what: str | None = None,
+    owner: str | None = None,
+) -> str | os.PathLike:
+    """`value` if it is a str or os.PathLike (non-empty unless `empty`), else a TypeError.
+
+    The message is `"[owner: ]name must be <what>, got <type>: <value>"`, what defaulting to
+    "a str or path" ("a non-empty str or path" with `empty=False`).
+    """
+    if isinstance(value, (str, os.PathLike)) and (empty or str(value)):
+        return value
+    prefix = f"{owner}: " if owner else ""
+    what = what or ("a str or path" if empty else "a non-empty str or path")
+    raise TypeError(f"{prefix}{name} must be {what}, got {type(value).__name__}: {value!r}")
+
+
+__all__ = ["is_int", "is_number", "check_int", "check_number", "check_choice", "check_path"]

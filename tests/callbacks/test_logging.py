@@ -1,19 +1,15 @@
-"""Logging callbacks with real parts: CSV files, tensorboard's reader, an HTTP server, mlflow."""
+"""Logging callbacks: CSVLogger (real files), LambdaCallback, BaseLogger, the fastai seed."""
 
 from __future__ import annotations
 
-import json
 import re
-import socket
 import sys
-import urllib.parse
-import warnings
 
 import pytest
 import torch
+from logging_helpers import scripted_learner, two_epochs
 from torch import nn
 
-from conftest import ScriptedLoss
 from hookloop import (
     BaseLogger,
     Callback,
@@ -22,32 +18,11 @@ from hookloop import (
     DataLoaders,
     LambdaCallback,
     Learner,
-    MLflowLogger,
     RemoteMonitor,
     TensorBoard,
     accuracy,
     error_rate,
 )
-
-
-def scripted_learner(losses, n_train, n_valid, bs=1, **kwargs):
-    """Batches of `bs` items; `losses` are the batch losses in the order the loop meets them."""
-    torch.manual_seed(0)
-    x, y = torch.randn(n_train, 4), torch.zeros(n_train).long()
-    valid = (torch.randn(n_valid, 4), torch.zeros(n_valid).long()) if n_valid else None
-    dls = DataLoaders.from_tensors(
-        x, y, valid=valid, valid_pct=None, bs=bs, valid_bs=bs, shuffle=False
-    )
-    learn = Learner(nn.Linear(4, 2), dls, ScriptedLoss(losses), device="cpu", **kwargs)
-    learn.logger = lambda line: None
-    return learn
-
-
-def two_epochs(**kwargs):
-    """2 epochs of 2 training batches and 1 validation batch: train_loss 2.0 then 3.0,
-    valid_loss 5.0 then 7.0."""
-    return scripted_learner([1.0, 3.0, 5.0, 2.0, 4.0, 7.0], n_train=2, n_valid=1, **kwargs)
-
 
 TIME = re.compile(r"\d\d:\d\d")
 
@@ -211,161 +186,6 @@ def test_csv_state_loaded_before_fit_is_written_when_the_fit_starts(tmp_path):
     lines = (tmp_path / "history.csv").read_text().splitlines()
     assert lines[:2] == state["lines"]
     assert lines[2].startswith("0,2.0,5.0,")
-
-
-# ---- TensorBoard -----------------------------------------------------------------------------
-
-
-def read_events(log_dir):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "histograms": 0})
-    events.Reload()
-    return events
-
-
-def scalars(events, tag):
-    return [(e.step, e.value) for e in events.Scalars(tag)]
-
-
-def test_tensorboard_writes_epoch_values_read_back_by_tensorboard(tmp_path):
-    learn = two_epochs(path=tmp_path)
-    learn.fit(2, lr=0.5, cbs=TensorBoard("runs"))
-    events = read_events(tmp_path / "runs")
-    assert scalars(events, "epoch/train_loss") == [(0, 2.0), (1, 3.0)]
-    assert scalars(events, "epoch/valid_loss") == [(0, 5.0), (1, 7.0)]
-    assert scalars(events, "epoch/lr") == [(0, 0.5), (1, 0.5)]
-    assert "batch/train_loss" not in events.Tags()["scalars"]
-
-
-def test_tensorboard_update_freq_n_writes_every_nth_training_batch(tmp_path):
-    # 4 training batches per epoch with losses 1..4 then 5..8; every 2nd optimizer step.
-    losses = [1.0, 2.0, 3.0, 4.0, 9.0, 5.0, 6.0, 7.0, 8.0, 9.0]
-    learn = scripted_learner(losses, n_train=4, n_valid=1, path=tmp_path)
-    learn.fit(2, cbs=TensorBoard("runs", update_freq=2))
-    events = read_events(tmp_path / "runs")
-    assert scalars(events, "batch/train_loss") == [(2, 2.0), (4, 4.0), (6, 6.0), (8, 8.0)]
-    assert [step for step, _ in scalars(events, "batch/lr")] == [2, 4, 6, 8]
-
-
-def test_tensorboard_histograms_every_histogram_freq_epochs(tmp_path):
-    learn = scripted_learner([1.0] * 6, n_train=1, n_valid=1, path=tmp_path)
-    learn.fit(3, cbs=TensorBoard("runs", histogram_freq=2))
-    events = read_events(tmp_path / "runs")
-    assert sorted(events.Tags()["histograms"]) == ["bias", "weight"]
-    assert [h.step for h in events.Histograms("weight")] == [0, 2]
-    assert events.Histograms("weight")[0].histogram_value.num == 8  # Linear(4, 2): 8 weights
-
-
-@pytest.mark.parametrize("freq", ["step", 0, -1, 1.5])
-def test_tensorboard_rejects_a_bad_update_freq(freq):
-    with pytest.raises(ValueError, match="update_freq must be 'epoch', 'batch' or a positive int"):
-        TensorBoard(update_freq=freq)
-
-
-# ---- RemoteMonitor ---------------------------------------------------------------------------
-
-
-def test_remote_monitor_posts_each_epoch_as_a_form_field_holding_json(http_server):
-    two_epochs().fit(2, cbs=RemoteMonitor(root=http_server.root))
-    assert [path for path, _, _ in http_server.received] == ["/publish/epoch/end/"] * 2
-    forms = [urllib.parse.parse_qs(body) for _, _, body in http_server.received]
-    assert [json.loads(form["data"][0]) for form in forms] == [
-        {"epoch": 0, "loss": 2.0, "val_loss": 5.0},
-        {"epoch": 1, "loss": 3.0, "val_loss": 7.0},
-    ]
-    assert http_server.received[0][1]["Content-Type"] == "application/x-www-form-urlencoded"
-
-
-def test_remote_monitor_send_as_json_posts_the_json_body_with_extra_headers(http_server):
-    monitor = RemoteMonitor(
-        root=http_server.root, path="/logs", headers={"X-Token": "abc"}, send_as_json=True
-    )
-    two_epochs().fit(1, cbs=monitor)
-    [(path, headers, body)] = http_server.received
-    assert path == "/logs"
-    assert headers["X-Token"] == "abc"
-    assert headers["Content-Type"] == "application/json"
-    assert json.loads(body) == {"epoch": 0, "loss": 2.0, "val_loss": 5.0}
-
-
-def test_remote_monitor_warns_once_per_fit_when_the_server_fails(http_server):
-    http_server.status["code"] = 500
-    learn = two_epochs()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        history = learn.fit(2, cbs=RemoteMonitor(root=http_server.root))
-    failures = [w for w in caught if issubclass(w.category, RuntimeWarning)]
-    assert len(failures) == 1
-    assert "could not POST" in str(failures[0].message)
-    assert history.epoch == [0, 1]  # training went on
-    assert len(http_server.received) == 2
-
-
-def test_remote_monitor_unreachable_server_never_stops_training():
-    with socket.socket() as s:  # a port nothing listens on once this socket closes
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    learn = two_epochs()
-    with pytest.warns(RuntimeWarning, match=f"127.0.0.1:{port}"):
-        history = learn.fit(2, cbs=RemoteMonitor(root=f"http://127.0.0.1:{port}"))
-    assert history.epoch == [0, 1]
-
-
-def test_remote_monitor_rejects_a_root_that_is_not_http():
-    with pytest.raises(ValueError, match="root must be an http:// or https:// URL, got 'ftp://x'"):
-        RemoteMonitor(root="ftp://x")
-
-
-# ---- MLflowLogger ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def mlflow_uri(tmp_path_factory):
-    # One database for the module: creating an mlflow sqlite store takes seconds.
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
-
-
-def test_mlflow_logs_params_once_metrics_per_epoch_and_finishes_the_run(mlflow_uri):
-    from mlflow.tracking import MlflowClient
-
-    logger = MLflowLogger("exp", tracking_uri=mlflow_uri, run_name="r1", log_model=True)
-    two_epochs().fit(2, lr=0.01, cbs=logger)
-    client = MlflowClient(mlflow_uri)
-    [run] = client.search_runs([client.get_experiment_by_name("exp").experiment_id])
-    assert run.info.run_name == "r1"
-    assert run.info.status == "FINISHED"
-    assert run.data.params == {"lr": "0.01", "epochs": "2", "bs": "1", "optimizer": "AdamW"}
-    history = client.get_metric_history(run.info.run_id, "train_loss")
-    assert [(m.step, m.value) for m in history] == [(0, 2.0), (1, 3.0)]
-    valid = client.get_metric_history(run.info.run_id, "valid_loss")
-    assert [(m.step, m.value) for m in valid] == [(0, 5.0), (1, 7.0)]
-    assert [f.path for f in client.list_artifacts(run.info.run_id, "model")] == ["model/model.pth"]
-
-
-def test_mlflow_run_ends_failed_when_the_fit_raises(mlflow_uri):
-    from mlflow.tracking import MlflowClient
-
-    class Boom(Callback):
-        def after_epoch(self):
-            if self.learn.epoch == 1:
-                raise RuntimeError("boom")
-
-    learn = two_epochs()
-    with pytest.raises(RuntimeError, match="boom"):
-        learn.fit(3, cbs=[MLflowLogger("failing", tracking_uri=mlflow_uri), Boom()])
-    client = MlflowClient(mlflow_uri)
-    [run] = client.search_runs([client.get_experiment_by_name("failing").experiment_id])
-    assert run.info.status == "FAILED"
-    assert run.info.end_time is not None
-    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
-    assert steps == [0]  # Boom (order 0) raised before the logger's after_epoch of epoch 1
-
-
-def test_mlflow_logger_without_mlflow_names_the_extra(monkeypatch):
-    monkeypatch.setitem(sys.modules, "mlflow", None)
-    with pytest.raises(ImportError, match=r"pip install 'hookloop\[mlflow\]'"):
-        MLflowLogger("exp")
 
 
 # ---- LambdaCallback --------------------------------------------------------------------------

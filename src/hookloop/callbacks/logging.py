@@ -1,42 +1,23 @@
-"""Logging callbacks: CSV, TensorBoard, HTTP, MLflow, LambdaCallback and Keras' BaseLogger."""
+"""Logging callbacks: CSVLogger (one row per epoch), LambdaCallback, and Keras' BaseLogger."""
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
-import json
 import os
-import tempfile
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
-import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .._check import check_path
 from ..callback import Callback
 from ..checkpoint import atomic_write_bytes
 from ..data import find_bs
 from ..events import EVENTS, KERAS_HOOKS
-
-# After the Recorder, so an epoch cancelled before validation is complete here too.
-_AFTER_RECORDER = 51  # the Recorder's order is 50
-
-
-def _is_learner(obj: Any) -> bool:
-    from ..learner import Learner
-
-    return isinstance(obj, Learner)
-
-
-def _check_path(name: str, value: Any) -> None:
-    if not isinstance(value, (str, os.PathLike)):
-        raise TypeError(f"{name} must be a str or path, got {type(value).__name__}: {value!r}")
+from ..learner import Learner
+from . import compat
 
 
 def _format_value(v: Any) -> str:
@@ -46,13 +27,13 @@ def _format_value(v: Any) -> str:
     return repr(v) if isinstance(v, float) else str(v)
 
 
-class CSVLogger(Callback):
+class CSVLogger(Callback, metaclass=compat.LearnerFirst):
     """Writes one row per epoch (losses, metrics, time) to a CSV file, flushed every epoch.
 
     Columns are the Recorder's fastai names: `epoch` (0-based), `train_loss`, `valid_loss`,
     the metrics, `time`. The file lives at `learn.path / fname` (fastai), and a killed run loses
-    at most the current epoch. fastai v1's `CSVLogger(learn, filename='history')` writes
-    `history.csv`; the Keras keyword `filename=` is accepted too.
+    at most the current epoch. The Keras keyword `filename=` is accepted too; fastai v1's call
+    `CSVLogger(learn, filename='history')` (built by `compat.csv_logger`) writes `history.csv`.
 
     Example:
         learn.fit(3, cbs=CSVLogger("history.csv"))
@@ -65,8 +46,11 @@ class CSVLogger(Callback):
         filename: Keras (and fastai v1) spelling of `fname`.
     """
 
-    order = _AFTER_RECORDER
+    # After the Recorder (order 50), so an epoch cancelled before validation is complete here too.
+    order = 51
     rank_zero_only = True
+    # fastai v1's call CSVLogger(learn, ...): see compat.LearnerFirst.
+    from_learner = classmethod(compat.csv_logger)
 
     def __init__(
         self,
@@ -75,23 +59,12 @@ class CSVLogger(Callback):
         separator: str = ",",
         filename: str | os.PathLike | None = None,
     ) -> None:
-        v1 = _is_learner(fname)
-        if v1:
-            # fastai v1: CSVLogger(learn, filename='history', append=False), maybe positional.
-            fname = None
-            if isinstance(append, (str, os.PathLike)):
-                filename, append = append, False
         if fname is not None and filename is not None:
             raise ValueError(
                 f"give the file name once: fname={fname!r} or filename={filename!r}, not both"
             )
         name = fname if fname is not None else filename
-        if name is None:
-            name = "history" if v1 else "history.csv"
-        _check_path("fname", name)
-        name = Path(name)
-        if v1 and name.suffix == "":
-            name = name.with_suffix(".csv")
+        name = Path(check_path("fname", "history.csv" if name is None else name))
         if not isinstance(append, bool):
             raise TypeError(f"append must be a bool, got {append!r}")
         if not isinstance(separator, str) or len(separator) != 1:
@@ -201,308 +174,6 @@ def _parse(key: str, value: str) -> Any:
         return value
 
 
-class TensorBoard(Callback):
-    """Writes losses, metrics and the learning rate to TensorBoard event files.
-
-    Per epoch, `epoch/<name>` for every recorded value (`epoch/train_loss`, `epoch/valid_loss`,
-    `epoch/accuracy`) and `epoch/lr`, at step = epoch (0-based). With `update_freq='batch'` or
-    an int N, also `batch/train_loss` and `batch/lr` every N training batches at step =
-    `train_iter`; the losses are buffered on the device and read in one transfer per epoch
-    (or per 64 points), so the event file gets them at epoch end.
-
-    Example:
-        learn.fit(3, cbs=TensorBoard("runs/exp1", update_freq="batch"))
-
-    Args:
-        log_dir: folder of the event files, relative to `learn.path` unless absolute.
-        update_freq: 'epoch', 'batch' (every batch), or an int N (every N training batches).
-        histogram_freq: write a histogram of every parameter each `histogram_freq` epochs
-            (epochs 0, N, 2N, ...); 0 writes none.
-    """
-
-    order = _AFTER_RECORDER
-    rank_zero_only = True
-
-    def __init__(
-        self,
-        log_dir: str | os.PathLike = "runs",
-        update_freq: str | int = "epoch",
-        histogram_freq: int = 0,
-    ) -> None:
-        _check_path("log_dir", log_dir)
-        if update_freq == "epoch":
-            every = 0
-        elif update_freq == "batch":
-            every = 1
-        elif isinstance(update_freq, int) and not isinstance(update_freq, bool) and update_freq > 0:
-            every = update_freq
-        else:
-            raise ValueError(
-                f"update_freq must be 'epoch', 'batch' or a positive int, got {update_freq!r}"
-            )
-        if isinstance(histogram_freq, bool) or not isinstance(histogram_freq, int):
-            raise TypeError(f"histogram_freq must be an int, got {histogram_freq!r}")
-        if histogram_freq < 0:
-            raise ValueError(f"histogram_freq must be >= 0, got {histogram_freq}")
-        self.log_dir = Path(log_dir)
-        self.update_freq = update_freq
-        self.histogram_freq = histogram_freq
-        self._every = every
-        self.writer: Any = None
-        self._pending: list[tuple[int, Any, float]] = []
-
-    def before_fit(self) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as e:
-            raise ImportError(
-                "TensorBoard needs the tensorboard package: pip install 'hookloop[tensorboard]'"
-            ) from e
-        log_dir = self.log_dir if self.log_dir.is_absolute() else self.learn.path / self.log_dir
-        self.writer = SummaryWriter(log_dir=str(log_dir))
-        self._pending = []
-
-    def after_batch(self) -> None:
-        learn = self.learn
-        if self._every and learn._training and learn.loss is not None:
-            if learn.train_iter % self._every == 0:
-                lr = learn.opt.param_groups[-1]["lr"]
-                self._pending.append((learn.train_iter, learn.loss, lr))
-                if len(self._pending) >= 64:
-                    self._write_batches()
-
-    def _write_batches(self) -> None:
-        if not self._pending:
-            return
-        pending, self._pending = self._pending, []
-        losses = torch.stack([loss.detach().float().reshape(()) for _, loss, _ in pending])
-        for (step, _, lr), loss in zip(pending, losses.tolist()):
-            self.writer.add_scalar("batch/train_loss", loss, step)
-            self.writer.add_scalar("batch/lr", lr, step)
-
-    def after_epoch(self) -> None:
-        learn = self.learn
-        epoch = learn.epoch
-        self._write_batches()
-        if not learn.recorder.epoch_recorded():
-            return
-        rec = learn.recorder
-        for name in rec.recorded_names():
-            self.writer.add_scalar(f"epoch/{name}", float(rec.log[name]), epoch)
-        self.writer.add_scalar("epoch/lr", learn.opt.param_groups[-1]["lr"], epoch)
-        if self.histogram_freq and epoch % self.histogram_freq == 0:
-            from .._util import unwrap_model
-
-            for name, p in unwrap_model(learn.model).named_parameters():
-                self.writer.add_histogram(name, p.detach().float().cpu(), epoch)
-        self.writer.flush()
-
-    def _close(self) -> None:
-        if self.writer is not None:
-            self._write_batches()
-            self.writer.close()
-            self.writer = None
-
-    def after_fit(self) -> None:
-        self._close()
-
-    def after_exception(self) -> None:
-        self._close()
-
-
-class RemoteMonitor(Callback):
-    """POSTs each epoch's logs (`epoch` and Keras keys) to an HTTP server, as Keras does.
-
-    By default the body is a form with one field (`field`) holding the JSON; with
-    `send_as_json=True` the body is the JSON itself. A failed POST warns once per fit and
-    never stops training.
-
-    Example:
-        learn.fit(3, cbs=RemoteMonitor("http://localhost:9000"))
-        # each epoch: POST /publish/epoch/end/  data={"epoch": 0, "loss": 0.69, "val_loss": ...}
-
-    Args:
-        root: the server's URL (`http://` or `https://`).
-        path: the path appended to `root`.
-        field: the form field holding the JSON (ignored with `send_as_json=True`).
-        headers: extra HTTP headers, a dict of str.
-        send_as_json: send the JSON as the body (`Content-Type: application/json`).
-        timeout: seconds to wait for the server before giving up on that epoch's POST.
-    """
-
-    order = _AFTER_RECORDER
-    rank_zero_only = True
-
-    def __init__(
-        self,
-        root: str = "http://localhost:9000",
-        path: str = "/publish/epoch/end/",
-        field: str = "data",
-        headers: dict[str, str] | None = None,
-        send_as_json: bool = False,
-        timeout: float = 5.0,
-    ) -> None:
-        if not isinstance(root, str):
-            raise TypeError(f"root must be a str URL, got {type(root).__name__}: {root!r}")
-        if urllib.parse.urlsplit(root).scheme not in ("http", "https"):
-            raise ValueError(f"root must be an http:// or https:// URL, got {root!r}")
-        if not isinstance(path, str):
-            raise TypeError(f"path must be a str, got {path!r}")
-        if not isinstance(field, str) or not field:
-            raise ValueError(f"field must be a non-empty str, got {field!r}")
-        if headers is not None and not isinstance(headers, dict):
-            raise TypeError(f"headers must be a dict or None, got {headers!r}")
-        if not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        self.root = root
-        self.path = path
-        self.field = field
-        self.headers = dict(headers or {})
-        self.send_as_json = send_as_json
-        self.timeout = timeout
-        self._warned = False
-
-    @property
-    def url(self) -> str:
-        """`root + path`, where each epoch's logs are posted."""
-        return self.root + self.path
-
-    def before_fit(self) -> None:
-        self._warned = False
-
-    def after_epoch(self) -> None:
-        if not self.learn.recorder.epoch_recorded():
-            return
-        send = {"epoch": self.learn.epoch, **self.learn.recorder.keras_logs()}
-        headers = dict(self.headers)
-        if self.send_as_json:
-            body = json.dumps(send).encode()
-            headers.setdefault("Content-Type", "application/json")
-        else:
-            body = urllib.parse.urlencode({self.field: json.dumps(send)}).encode()
-            headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
-        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                response.read()
-        except (OSError, ValueError) as e:  # URLError, HTTPError, timeouts are OSErrors
-            if not self._warned:
-                self._warned = True
-                warnings.warn(
-                    f"RemoteMonitor could not POST to {self.url}: {e}; training goes on "
-                    f"(further failures in this fit are not reported)",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-
-
-class MLflowLogger(Callback):
-    """Logs a fit to MLflow: parameters once, every recorded value per epoch (`step=epoch`).
-
-    Parameters are `lr`, `epochs`, `bs`, `optimizer` (and `wd` when set). Metrics use the
-    fastai names (`train_loss`, `valid_loss`, `accuracy`). The run ends FINISHED after the
-    fit, FAILED (KILLED on Ctrl-C) when the fit raises. Needs the `mlflow` extra.
-
-    Example:
-        learn.fit(3, cbs=MLflowLogger("my-experiment", tracking_uri="sqlite:///mlflow.db"))
-
-    Args:
-        experiment_name: created when it does not exist.
-        tracking_uri: the MLflow tracking server or store; None uses MLflow's default
-            (`MLFLOW_TRACKING_URI`). MLflow 3 refuses `file:` stores unless
-            `MLFLOW_ALLOW_FILE_STORE=true`; a `sqlite:///path/mlflow.db` URI works as is.
-        run_name: name of the run; None lets MLflow pick one.
-        log_model: at the end of the fit, log the model's weights (state dict, `model.pth`)
-            as an artifact under `model/`.
-    """
-
-    order = _AFTER_RECORDER
-    rank_zero_only = True
-
-    def __init__(
-        self,
-        experiment_name: str = "hookloop",
-        tracking_uri: str | None = None,
-        run_name: str | None = None,
-        log_model: bool = False,
-    ) -> None:
-        if importlib.util.find_spec("mlflow") is None:
-            raise ImportError(
-                "MLflowLogger needs mlflow, which is not installed: pip install 'hookloop[mlflow]'"
-            )
-        if not isinstance(experiment_name, str):
-            raise TypeError(f"experiment_name must be a str, got {experiment_name!r}")
-        if not experiment_name:
-            raise ValueError("experiment_name must be a non-empty str, got ''")
-        if tracking_uri is not None and not isinstance(tracking_uri, str):
-            raise TypeError(f"tracking_uri must be a str or None, got {tracking_uri!r}")
-        if run_name is not None and not isinstance(run_name, str):
-            raise TypeError(f"run_name must be a str or None, got {run_name!r}")
-        self.experiment_name = experiment_name
-        self.tracking_uri = tracking_uri
-        self.run_name = run_name
-        self.log_model = log_model
-        self.client: Any = None
-        self.run_id: str | None = None
-
-    def before_fit(self) -> None:
-        from mlflow.entities import Param
-        from mlflow.tracking import MlflowClient
-
-        learn = self.learn
-        self.client = client = MlflowClient(tracking_uri=self.tracking_uri)
-        exp = client.get_experiment_by_name(self.experiment_name)
-        exp_id = (
-            exp.experiment_id if exp is not None else client.create_experiment(self.experiment_name)
-        )
-        self.run_id = client.create_run(exp_id, run_name=self.run_name).info.run_id
-        group = learn.opt.param_groups[-1]
-        train = learn.dls.train
-        params = {
-            "lr": group["lr"],
-            "epochs": learn.n_epoch,
-            "bs": getattr(train, "bs", None) or getattr(train, "batch_size", None),
-            "optimizer": type(learn.opt).__name__,
-        }
-        if learn.wd is not None:
-            params["wd"] = learn.wd
-        client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
-
-    def after_epoch(self) -> None:
-        from mlflow.entities import Metric
-
-        if not self.learn.recorder.epoch_recorded():
-            return
-        rec = self.learn.recorder
-        now = int(time.time() * 1000)
-        epoch = self.learn.epoch
-        metrics = [Metric(name, float(rec.log[name]), now, epoch) for name in rec.recorded_names()]
-        self.client.log_batch(self.run_id, metrics=metrics)
-
-    def after_fit(self) -> None:
-        if self.run_id is None:
-            return
-        try:
-            if self.log_model:
-                from .._util import unwrap_model
-
-                with tempfile.TemporaryDirectory() as tmp:
-                    path = Path(tmp) / "model.pth"
-                    torch.save(unwrap_model(self.learn.model).state_dict(), path)
-                    self.client.log_artifact(self.run_id, str(path), artifact_path="model")
-        finally:
-            self._end("FINISHED")
-
-    def after_exception(self) -> None:
-        if self.run_id is not None:
-            killed = isinstance(self.learn.exception, KeyboardInterrupt)
-            self._end("KILLED" if killed else "FAILED")
-
-    def _end(self, status: str) -> None:
-        run_id, self.run_id = self.run_id, None
-        self.client.set_terminated(run_id, status=status)
-
-
 _VALID_LAMBDA_NAMES = tuple(e for e in EVENTS if e != "after_create") + tuple(KERAS_HOOKS)
 
 
@@ -553,7 +224,7 @@ class LambdaCallback(Callback):
         for name, fn in named.items():
             if fn is None:
                 continue
-            if not callable(fn) or _is_learner(fn):
+            if not callable(fn) or isinstance(fn, Learner):
                 raise TypeError(f"LambdaCallback {name} must be callable, got {fn!r}")
             # An instance attribute: the dispatch table finds it like a method.
             object.__setattr__(self, name, fn)
@@ -628,15 +299,4 @@ class BaseLogger(Callback):
         self.history.append(dict(logs))
 
 
-# fastai v2's name; its first argument (log_dir) means the same.
-TensorBoardCallback = TensorBoard
-
-__all__ = [
-    "CSVLogger",
-    "TensorBoard",
-    "TensorBoardCallback",
-    "RemoteMonitor",
-    "MLflowLogger",
-    "LambdaCallback",
-    "BaseLogger",
-]
+__all__ = ["CSVLogger", "LambdaCallback", "BaseLogger"]
