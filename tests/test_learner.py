@@ -183,7 +183,7 @@ def test_validate_called_by_a_callback_mid_epoch_leaves_training_going():
     assert steps == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
     assert history.epoch == [0, 1]
     assert all(loss == loss for loss in history.history["loss"])  # not nan
-    assert [set(r) for r in probe.results] == [{"valid_loss"}, {"valid_loss"}]
+    assert [set(r.keys()) for r in probe.results] == [{"valid_loss"}, {"valid_loss"}]
 
 
 def test_validate_mid_epoch_returns_the_loss_of_the_weights_at_that_point():
@@ -209,7 +209,7 @@ def test_validate_returns_loss_and_metrics_and_leaves_history_alone():
     learn.fit(1)
     rows = list(learn.recorder.rows)
     result = learn.validate()
-    assert set(result) == {"valid_loss", "accuracy"}
+    assert set(result.keys()) == {"valid_loss", "accuracy"}
     assert result["valid_loss"] == pytest.approx(learn.recorder.rows[-1]["valid_loss"])
     assert learn.recorder.rows == rows
     assert learn.recorder.history.epoch == [0]
@@ -226,7 +226,7 @@ def test_validate_on_an_explicit_loader_equals_a_hand_computed_loss():
 
 def test_get_preds_returns_predictions_targets_inputs_and_per_item_losses():
     learn = tiny_learner(n_valid=6, bs=4)
-    preds, targs, inputs, losses = learn.get_preds(with_input=True, with_loss=True)
+    inputs, preds, targs, losses = learn.get_preds(with_input=True, with_loss=True)
     xv, yv = learn.dls.valid.tensors
     assert preds.shape == (6, 2) and torch.equal(targs, yv) and torch.equal(inputs, xv)
     with torch.no_grad():

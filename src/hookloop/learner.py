@@ -32,6 +32,7 @@ from ._util import (
 from .callback import Callback, build_dispatch, sort_callbacks, warn_legacy_names
 from .data import DataLoaders, on_device, to_device
 from .events import (
+    EVENTS,
     CancelBackwardException,
     CancelBatchException,
     CancelEpochException,
@@ -43,7 +44,7 @@ from .events import (
 )
 from .hyper import set_hyper
 from .metrics import as_metric
-from .results import GatherPreds
+from .results import GatherPreds, ValidationResult
 
 # (before, after_cancel, after, exception) for each level of the loop.
 _LEVELS: dict[str, tuple[str, str, str, type[CancelException]]] = {
@@ -205,7 +206,8 @@ class Learner:
         loss_func: `loss_func(pred, *yb) -> scalar`. None: inferred from the targets'
             dtype (integer: CrossEntropyLoss, float: MSELoss).
         opt_func: a torch optimizer class or a callable `params -> optimizer`.
-        lr: default learning rate (a float, or a slice for discriminative rates).
+        lr: default learning rate (a float, or a slice for discriminative rates); None: the
+            `lr` of an `opt_func=partial(Adam, lr=...)` (fastai), else 1e-3.
         metrics: a function `f(pred, target)`, a metric object, or a list of them.
         cbs: callbacks (instances or classes) kept on the learner.
         wd: weight decay; None keeps the optimizer's default.
@@ -229,7 +231,7 @@ class Learner:
         dls: Any,
         loss_func: Callable | None = None,
         opt_func: Callable = torch.optim.AdamW,
-        lr: float | slice = 1e-3,
+        lr: float | slice | None = None,
         metrics: Any = None,
         cbs: Any = None,
         wd: float | None = None,
@@ -261,6 +263,9 @@ class Learner:
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device)
         self.loss_func = loss_func if loss_func is not None else _infer_loss_func(self.dls)
+        if lr is None:
+            keywords = getattr(opt_func, "keywords", None) or {}  # functools.partial
+            lr = keywords.get("lr", 1e-3)
         self.opt_func, self.lr, self.wd = opt_func, lr, wd
         self.splitter = splitter
         self.opt: torch.optim.Optimizer | None = None
@@ -280,7 +285,7 @@ class Learner:
         self.xb: tuple = ()
         self.yb: tuple = ()
         self.pred: Any = None
-        self.loss: Any = None
+        self.loss: Any = torch.tensor(0.0)  # fastai's value before the first batch
         self.loss_grad: Any = None
         self.dl: Any = None
         self.exception: BaseException | None = None
@@ -314,13 +319,17 @@ class Learner:
         if not isinstance(cb, Callback):
             raise TypeError(f"cbs: expected a Callback instance or class, got {cb!r}")
         existing = self.__dict__.get(cb.name)
-        if existing is not None and not isinstance(existing, Callback):
+        # A callback named like the loop's state (a `Loss` callback) is attached but not
+        # exposed as `learn.loss`: the loop rewrites that name on every batch.
+        expose = existing is None or isinstance(existing, Callback)
+        if not expose and cb.name not in _LOOP_STATE:
             raise ValueError(
                 f"callback name {cb.name!r} clashes with the learner attribute of that name"
             )
         warn_legacy_names(cb)
         cb.learn = self
-        self.__dict__[cb.name] = cb
+        if expose:
+            self.__dict__[cb.name] = cb
         self.cbs.append(cb)
         self._rebuild()
         if hasattr(type(cb), "after_create"):
@@ -443,6 +452,45 @@ class Learner:
         text = "\n".join(lines)
         print(text)
         return text
+
+    def ordered_cbs(self, event: str) -> list[Callback]:
+        """The callbacks that run at `event` in the current phase, in order (fastai)."""
+        if event not in self._handlers:
+            raise ValueError(f"ordered_cbs: unknown event {event!r}; events are {EVENTS}")
+        out: list[Callback] = []
+        for h in self._handlers[event]:
+            cb = getattr(h, "__self__", None)
+            if cb is not None and cb not in out:
+                out.append(cb)
+        return out
+
+    def show_training_loop(self) -> str:
+        """fastai's name for `show_loop`."""
+        return self.show_loop()
+
+    @property
+    def x(self) -> Any:
+        """The first input of the current batch (fastai); a mapping batch's whole inputs."""
+        xb = self.xb
+        return xb[0] if type(xb) is tuple else xb
+
+    @property
+    def y(self) -> Any:
+        """The first target of the current batch (fastai)."""
+        return self.yb[0]
+
+    def __getattr__(self, key: str) -> Any:
+        # Only reached for names the learner does not have: fastai's `_default='model'` lets
+        # `learn.a` read `learn.model.a`.
+        model = self.__dict__.get("model")
+        if key.startswith("__") or model is None:
+            raise AttributeError(f"'Learner' object has no attribute {key!r}")
+        try:
+            return getattr(model, key)
+        except AttributeError:
+            raise AttributeError(
+                f"'Learner' object has no attribute {key!r} (nor has its model)"
+            ) from None
 
     @property
     def training(self) -> bool:
@@ -733,6 +781,7 @@ class Learner:
         callbacks: Any = None,
         resume: str | Path | None = None,
         steps_per_epoch: int | None = None,
+        start_epoch: int = 0,
     ) -> Any:
         """Train for `n_epoch` epochs; returns the Keras-style `History` of this fit.
 
@@ -741,9 +790,11 @@ class Learner:
         `resume=<path>` continues from that checkpoint (or the newest one in that folder).
         `steps_per_epoch` (Keras) makes an epoch that many training batches, carrying the
         loader's iterator over epochs: it bounds the epochs of an endless stream and gives
-        schedules their total.
+        schedules their total. `start_epoch=k` (fastai) skips the first k epochs: training
+        starts at epoch k with the counters (`train_iter`, `pct_train`) of that point.
         """
         self._check_fit_args(n_epoch, steps_per_epoch)
+        check_int("start_epoch", start_epoch, 0, below=n_epoch)
         extra = listify(cbs) + listify(callbacks)
         for add_fit_cbs in FIT_EXTENSIONS:
             extra += add_fit_cbs(self, extra, resume)
@@ -756,7 +807,10 @@ class Learner:
         self.n_epoch, self.steps_per_epoch, self._stream = n_epoch, steps_per_epoch, None
         self.epoch, self._skip = 0, 0
         # Before before_fit: a resuming callback restores the counters there.
-        self.train_iter, self.pct_train = 0, 0.0
+        self.epoch = start_epoch
+        self.train_iter = start_epoch * (self.batches_per_epoch or 0)
+        self.pct_train = self.train_iter / (self.total_iters or math.inf)
+        self.loss = torch.tensor(0.0)
         was_in_fit, self._in_fit = self._in_fit, True
         try:
             with self.added_cbs(extra):
@@ -788,13 +842,17 @@ class Learner:
             self.__dict__.update(saved)
             self.training = saved["_training"]  # and the phase's dispatch table with it
 
-    def validate(self, dl: Any = None, cbs: Any = None, callbacks: Any = None) -> dict[str, float]:
-        """Run the validation phase on `dl` (default: dls.valid); returns valid_loss and metrics.
+    def validate(
+        self, dl: Any = None, cbs: Any = None, callbacks: Any = None, ds_idx: int = 1
+    ) -> ValidationResult:
+        """Run the validation phase on `dl` (default: the loader `ds_idx`, 1 = dls.valid);
+        returns `[valid_loss, *metrics]` (fastai), which also answers `res["accuracy"]`.
 
         `cbs` (or Keras' `callbacks`, as in `model.evaluate`) run for this call only."""
+        dl = self._loader(dl, ds_idx)
         with self.added_cbs(listify(cbs) + listify(callbacks)):
             self._eval_run(dl)
-        return dict(self.recorder.last_validation)
+        return ValidationResult(self.recorder.last_validation)
 
     def get_preds(
         self,
@@ -804,10 +862,14 @@ class Learner:
         act: Callable | None = None,
         cbs: Any = None,
         callbacks: Any = None,
+        ds_idx: int = 1,
     ) -> tuple:
-        """Predictions on `dl` (default: dls.valid): `(preds, targs[, inputs][, losses])`.
+        """Predictions on `dl` (default: the loader `ds_idx`, 0 = dls.train, 1 = dls.valid):
+        `(preds, targs[, losses])`, or `(inputs, preds, targs[, losses])` with `with_input`
+        (fastai's order). Batches with several inputs or targets give tuples of them.
 
         `cbs` (or Keras' `callbacks`, as in `model.predict`) run for this call only."""
+        dl = self._loader(dl, ds_idx)
         gather = GatherPreds(with_input=with_input, with_loss=with_loss)
         with self.added_cbs([gather, *listify(cbs), *listify(callbacks)]):
             self._eval_run(dl)
@@ -816,10 +878,17 @@ class Learner:
             preds = act(preds)
         out: list = [preds, gather.targets()]
         if with_input:
-            out.append(gather.inputs())
+            out.insert(0, gather.inputs())
         if with_loss:
             out.append(gather.losses())
         return tuple(out)
+
+    def _loader(self, dl: Any, ds_idx: int) -> Any:
+        # fastai's ds_idx: 0 is the training loader, 1 the validation loader.
+        if dl is not None:
+            return dl
+        check_int("ds_idx", ds_idx, 0, below=2, what="0 (dls.train) or 1 (dls.valid)")
+        return self.dls.train if ds_idx == 0 else self.dls.valid
 
     def model_file(self, name: str | Path) -> Path:
         """Where `save(name)` writes: `path/model_dir/name.pth` (an absolute name as given)."""
@@ -856,9 +925,9 @@ class Learner:
             state["model"] if "model" in state and isinstance(state["model"], dict) else state
         )
         unwrap_model(self.model).load_state_dict(model_state, strict=strict)
+        if self.opt is None:
+            self.create_opt()  # with_opt=False too: fit and opt.state_dict() need one (fastai)
         if with_opt and "opt" in state:
-            if self.opt is None:
-                self.create_opt()
             self.opt.load_state_dict(state["opt"])
         return self
 

@@ -50,6 +50,38 @@ class History(Callback):
         return f"History(epochs={self.epoch}, keys={list(self.history)})"
 
 
+class ValidationResult(list):
+    """What `validate` returns: `[valid_loss, *metrics]` as fastai (`loss, acc = ...` unpacks),
+    which also answers by name (`res["accuracy"]`, `res.keys()`), as a dict would."""
+
+    def __init__(self, values: dict[str, float]) -> None:
+        super().__init__(values.values())
+        self.names = list(values)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            try:
+                return super().__getitem__(self.names.index(key))
+            except ValueError:
+                raise KeyError(f"{key!r}; validation values are {self.names}") from None
+        return super().__getitem__(key)
+
+    def keys(self) -> list[str]:
+        return list(self.names)
+
+    def items(self) -> list[tuple[str, float]]:
+        return list(zip(self.names, self))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self.names else default
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(self.items())
+
+    def __repr__(self) -> str:
+        return f"ValidationResult({self.as_dict()})"
+
+
 class GatherPreds(Callback):
     """Collects predictions, targets (and inputs, per-item losses) during `get_preds`."""
 
@@ -72,34 +104,42 @@ class GatherPreds(Callback):
         pred = output_logits(learn.pred, learn.pred_key)
         self._preds.append(pred.detach())
         if learn.yb:
-            self._targs.append(learn.yb[0].detach())
+            self._targs.append(_detached(learn.yb))
         if self.with_input:
-            xb = learn.xb
-            self._inputs.append(_detached(xb if isinstance(xb, Mapping) else xb[0]))
+            self._inputs.append(_detached(learn.xb))
         if self._loss_none is not None:
             self._losses.append(self._loss_none(pred, *learn.yb).detach())
 
     def preds(self) -> torch.Tensor:
         return torch.cat(self._preds)
 
-    def targets(self) -> torch.Tensor | None:
-        return torch.cat(self._targs) if self._targs else None
+    def targets(self) -> Any:
+        """Every batch's targets, concatenated: one tensor, or a tuple for several targets."""
+        return _concat(self._targs) if self._targs else None
 
     def inputs(self) -> Any:
-        """The first input of every batch, concatenated (mapping inputs: per key)."""
-        first = self._inputs[0]
-        if isinstance(first, Mapping):
-            return {k: torch.cat([b[k] for b in self._inputs]) for k in first}
-        return torch.cat(self._inputs)
+        """Every batch's inputs, concatenated: one tensor, a tuple for several inputs, or a
+        dict for mapping batches."""
+        return _concat(self._inputs)
 
     def losses(self) -> torch.Tensor:
         return torch.cat(self._losses)
 
 
 def _detached(x: Any) -> Any:
+    # A batch's inputs or targets (a tuple, or a mapping of keyword inputs), off the graph.
     if isinstance(x, Mapping):
         return {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in x.items()}
-    return x.detach()
+    return tuple(v.detach() if isinstance(v, torch.Tensor) else v for v in x)
+
+
+def _concat(batches: list) -> Any:
+    # Element-wise over the batches: a tuple of one item gives that tensor (fastai's shape).
+    first = batches[0]
+    if isinstance(first, Mapping):
+        return {k: torch.cat([b[k] for b in batches]) for k in first}
+    cols = tuple(torch.cat([b[i] for b in batches]) for i in range(len(first)))
+    return cols[0] if len(cols) == 1 else cols
 
 
 def _per_item_loss(loss_func: Any) -> Any:
@@ -111,4 +151,4 @@ def _per_item_loss(loss_func: Any) -> Any:
     return functools.partial(loss_func, reduction="none")
 
 
-__all__ = ["History", "GatherPreds"]
+__all__ = ["History", "GatherPreds", "ValidationResult"]

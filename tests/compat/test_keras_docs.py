@@ -214,7 +214,7 @@ def test_custom_callback_test_hooks_run_during_validate(capsys):
         "...Evaluating: end of batch 0; got log keys: ['loss']",
         "Stop testing; got log keys: ['loss', 'accuracy']",
     ]
-    assert set(res) == {"valid_loss", "accuracy"}
+    assert set(res.keys()) == {"valid_loss", "accuracy"}
 
 
 def test_custom_callback_predict_hooks_run_during_get_preds(capsys):
