@@ -2,6 +2,7 @@
 
 from .callback import Callback, class_to_name
 from .callbacks.keras import KerasCallback
+from .callbacks.keras_lr import LearningRateScheduler, ReduceLROnPlateau, ReduceLROnPlateauCallback
 from .callbacks.logging import (
     BaseLogger,
     CSVLogger,
@@ -17,12 +18,7 @@ from .callbacks.profiler import Profiler
 from .callbacks.progress import ProgbarLogger, ProgressBar
 from .callbacks.recorder import History, Recorder, TrainEval
 from .callbacks.resume import BackupAndRestore, ResumableSampler
-from .callbacks.schedule import (
-    LearningRateScheduler,
-    ParamScheduler,
-    ReduceLROnPlateau,
-    ReduceLROnPlateauCallback,
-)
+from .callbacks.schedule import ParamScheduler
 from .callbacks.show_graph import ShowGraph, ShowGraphCallback
 from .callbacks.tracker import (
     EarlyStopping,
