@@ -1,6 +1,7 @@
 """hookloop: a small, fixed PyTorch training loop where every feature is a callback."""
 
 from .callback import Callback, class_to_name
+from .callbacks.ema import EMA
 from .callbacks.keras import KerasCallback
 from .callbacks.keras_lr import LearningRateScheduler, ReduceLROnPlateau, ReduceLROnPlateauCallback
 from .callbacks.logging import (
@@ -30,7 +31,7 @@ from .callbacks.tracker import (
     TerminateOnNaNCallback,
     TrackerCallback,
 )
-from .callbacks.training import EMA, GradientAccumulation, GradientClip, MixedPrecision
+from .callbacks.training import GradientAccumulation, GradientClip, MixedPrecision
 from .callbacks.wandb import WandbCallback, WandbMetricsLogger
 from .checkpoint import CheckpointError, latest_checkpoint
 from .data import DataLoaders, TensorLoader, find_bs, to_device
