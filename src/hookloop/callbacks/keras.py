@@ -10,6 +10,7 @@ from .._util import unwrap_model
 from ..callback import DISPATCH_EXTENSIONS, Callback, DispatchExtension, _handler
 from ..data import find_bs
 from ..events import KERAS_HOOKS, CancelFitException, CancelTrainException
+from ..results import GatherPreds
 from .keras_logs import (
     BatchLogs,
     Deferred,
@@ -201,8 +202,6 @@ def add_keras_stop(table: dict[str, list[Callable]], keras_cbs: list[Callback], 
 
 def is_predicting(cbs: list[Callback]) -> bool:
     """True while get_preds runs (its GatherPreds callback is attached): on_predict_* hooks."""
-    from ..results import GatherPreds
-
     return any(isinstance(c, GatherPreds) for c in cbs)
 
 
