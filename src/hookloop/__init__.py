@@ -1,7 +1,9 @@
 """hookloop: a small, fixed PyTorch training loop where every feature is a callback."""
 
 from .callback import Callback, class_to_name
+from .callbacks.ema import EMA
 from .callbacks.keras import KerasCallback
+from .callbacks.keras_lr import LearningRateScheduler, ReduceLROnPlateau, ReduceLROnPlateauCallback
 from .callbacks.logging import BaseLogger, CSVLogger, LambdaCallback
 from .callbacks.lr_finder import LRFinder, SuggestionMethod, minimum, slide, steep, valley
 from .callbacks.mixup import CutMix, MixUp
@@ -13,16 +15,11 @@ from .callbacks.recorder import History, Recorder, TrainEval
 from .callbacks.remote_monitor import RemoteMonitor
 from .callbacks.resume import BackupAndRestore, ResumableSampler
 from .callbacks.saving import ModelCheckpoint, SaveModel, SaveModelCallback
-from .callbacks.schedule import (
-    LearningRateScheduler,
-    ParamScheduler,
-    ReduceLROnPlateau,
-    ReduceLROnPlateauCallback,
-)
+from .callbacks.schedule import ParamScheduler
 from .callbacks.show_graph import ShowGraph, ShowGraphCallback
 from .callbacks.tensorboard_logger import TensorBoard, TensorBoardCallback
 from .callbacks.tracker import EarlyStopping, EarlyStoppingCallback, TrackerCallback
-from .callbacks.training import EMA, GradientAccumulation, GradientClip, MixedPrecision
+from .callbacks.training import GradientAccumulation, GradientClip, MixedPrecision
 from .callbacks.wandb import WandbCallback, WandbMetricsLogger
 from .checkpoint import CheckpointError, latest_checkpoint
 from .data import DataLoaders, TensorLoader, find_bs, to_device

@@ -209,6 +209,17 @@ def _load_parts(path: Path, blobs: dict[str, bytes], map_location: Any) -> dict[
     }
 
 
+def is_checkpoint_name(name: str) -> bool:
+    """True for the name of a checkpoint directory (`ckpt-e<epoch>-i<iter>`)."""
+    return _NAME.match(name) is not None
+
+
+def leftover_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Temporary directories of checkpoint writes that never finished (a crash mid-write)."""
+    prefix = f"{_TMP_PREFIX}ckpt-"
+    return [p for p in Path(directory).iterdir() if p.name.startswith(prefix) and p.is_dir()]
+
+
 def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
     """Checkpoint directories in `directory`, newest first (not verified)."""
     directory = Path(directory)
@@ -262,10 +273,9 @@ def prune_checkpoints(directory: str | os.PathLike, keep: int) -> list[Path]:
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
-    for p in directory.iterdir():
-        if p.name.startswith(f"{_TMP_PREFIX}ckpt-") and p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-            removed.append(p)
+    for p in leftover_temporaries(directory):
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
     return removed
 
 
@@ -549,6 +559,8 @@ __all__ = [
     "latest_checkpoint",
     "list_checkpoints",
     "prune_checkpoints",
+    "is_checkpoint_name",
+    "leftover_temporaries",
     "save_checkpoint",
     "training_state",
     "rng_state",

@@ -7,7 +7,7 @@ from torch import nn
 
 from conftest import ScriptedLoss, tiny_learner
 from hookloop import Callback, DataLoaders, KerasCallback, Learner, mae
-from hookloop.callbacks.keras import BatchLogs
+from hookloop.callbacks.keras_logs import BatchLogs
 
 
 def scripted_learner(losses, n_train, n_valid, bs=1, **kwargs):

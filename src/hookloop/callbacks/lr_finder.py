@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._check import check_int, check_number
-from .._util import unwrap_model
+from .._util import in_notebook, unwrap_model
 from ..distributed import any_rank, broadcast_object, world_size
 from ..events import CancelFitException, CancelValidException
 from ..learner import Learner
 from ..schedules import SchedExp
+from .plots import plot_lr_find, show_in_notebook
 from .schedule import ParamScheduler, PerGroup
 
 if TYPE_CHECKING:
@@ -287,9 +288,6 @@ def lr_find(
         )
         result.suggestions = suggestions
     if show_plot:
-        from .._util import in_notebook
-        from .plots import plot_lr_find, show_in_notebook
-
         result.fig = plot_lr_find(recorder)
         if in_notebook():
             show_in_notebook(result.fig)

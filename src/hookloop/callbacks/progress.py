@@ -144,7 +144,7 @@ class ProgressBar(Callback):
 
     def _loss_postfix(self) -> str:
         recorder = getattr(self.learn, "recorder", None)
-        if recorder is None or not (recorder.losses or recorder._pending):
+        if recorder is None or not recorder.n_losses:
             return ""  # no batch yet this fit: show no loss rather than nan
         return f"loss={recorder.smooth_loss:.4f}"
 

@@ -16,6 +16,7 @@ from ..data import find_bs
 from ..learner import DEFAULT_CBS
 from ..metrics import AvgLoss, copy_metric, stack_scalars
 from ..results import History
+from . import plots
 
 
 class TrainEval(Callback):
@@ -348,6 +349,11 @@ class Recorder(Callback):
         return smooth
 
     @property
+    def n_losses(self) -> int:
+        """Training batches recorded so far, without reading their losses from the device."""
+        return len(self.losses) + len(self._pending)
+
+    @property
     def smooth_loss(self) -> float:
         """The current smoothed training loss (reads pending losses from the device)."""
         smooth = self.smooth_losses
@@ -369,10 +375,8 @@ class Recorder(Callback):
         self, skip_start: int = 5, with_valid: bool = True, fname: str | Path | None = None
     ) -> Any:
         """Plot training (raw and smoothed) and validation losses; save a PNG if `fname`."""
-        from .plots import figure_class
-
         self._flush()
-        fig = figure_class()(figsize=(6, 4))
+        fig = plots.figure_class()(figsize=(6, 4))
         ax = fig.add_subplot()
         skip = min(skip_start, max(len(self.losses) - 1, 0))
         xs = list(range(skip, len(self.losses)))
@@ -399,37 +403,27 @@ class Recorder(Callback):
     ) -> Any:
         """fastai v1: loss vs lr after `lr_find` (skipping the first and last points), otherwise
         the loss plot; `suggestion=True` marks the steepest point and sets `min_grad_lr`."""
-        from .plots import plot
-
-        return plot(self, skip_start, skip_end, suggestion, fname)
+        return plots.plot(self, skip_start, skip_end, suggestion, fname)
 
     def plot_lr_find(
         self, skip_end: int = 5, suggestions: Any = None, nms: Any = None, fname: Any = None
     ) -> Any:
         """fastai v2: smoothed loss vs lr (log x) after `lr_find`, suggestions marked."""
-        from .plots import plot_lr_find
-
-        return plot_lr_find(self, 0, skip_end, suggestions, nms, fname)
+        return plots.plot_lr_find(self, 0, skip_end, suggestions, nms, fname)
 
     def plot_lr(self, show_moms: bool = False, fname: str | Path | None = None) -> Any:
         """fastai v1: learning rate per training batch, beside the momentum if `show_moms`."""
-        from .plots import plot_lr
-
-        return plot_lr(self, show_moms, fname=fname)
+        return plots.plot_lr(self, show_moms, fname=fname)
 
     def plot_sched(
         self, keys: Any = None, figsize: Any = None, fname: str | Path | None = None
     ) -> Any:
         """fastai v2: each recorded hyper-parameter (`lr`, `mom`, ...) per training batch."""
-        from .plots import plot_sched
-
-        return plot_sched(self, keys, figsize, fname)
+        return plots.plot_sched(self, keys, figsize, fname)
 
     def plot_metrics(self, fname: str | Path | None = None) -> Any:
         """Per epoch: train and valid loss, then one panel per metric."""
-        from .plots import plot_metrics
-
-        return plot_metrics(self, fname)
+        return plots.plot_metrics(self, fname)
 
     # ---- resume ----------------------------------------------------------------------------
 

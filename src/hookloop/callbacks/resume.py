@@ -16,10 +16,10 @@ from .._check import check_int
 from .._util import is_rank_zero
 from ..callback import Callback
 from ..checkpoint import (
-    _NAME,
-    _TMP_PREFIX,
     MANIFEST,
     Checkpoint,
+    is_checkpoint_name,
+    leftover_temporaries,
     list_checkpoints,
     position_target,
     save_checkpoint,
@@ -138,7 +138,7 @@ class _Restore(Callback):
         if source is None:
             return
         source = Path(source)
-        if (source / MANIFEST).exists() or (explicit and _NAME.match(source.name)):
+        if (source / MANIFEST).exists() or (explicit and is_checkpoint_name(source.name)):
             # One checkpoint named explicitly: a broken one is an error, not a fallback.
             ckpt = Checkpoint.read(source, map_location=learn.device)
         else:
@@ -250,9 +250,8 @@ class BackupAndRestore(_Restore):
             return
         for p in list_checkpoints(d):
             shutil.rmtree(p, ignore_errors=True)
-        for p in d.iterdir():
-            if p.name.startswith(f"{_TMP_PREFIX}ckpt-") and p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
+        for p in leftover_temporaries(d):
+            shutil.rmtree(p, ignore_errors=True)
         try:
             d.rmdir()
         except OSError:
