@@ -159,7 +159,8 @@ def _find_cycle(succ: list[set[int]], left: list[int]) -> list[int]:
     return path[seen[node] :]
 
 
-def _handler(cb: Callback, event: str) -> Callable | None:
+def handler_of(cb: Callback, event: str) -> Callable | None:
+    """`cb`'s method (or instance function) for `event`, or None."""
     # Look on the instance and class only, never through the learner fall-through.
     if event in cb.__dict__ or hasattr(type(cb), event):
         return getattr(cb, event)
@@ -213,12 +214,12 @@ def build_dispatch(cbs: list[Callback], phase: str) -> dict[str, tuple[Callable,
     table: dict[str, list[Callable]] = {e: [] for e in EVENTS}
     for cb in cbs:
         for event in EVENTS:
-            h = _handler(cb, event)
+            h = handler_of(cb, event)
             if h is not None and runs_in(cb, event, phase):
                 table[event].append(h)
         for legacy, event in LEGACY_ALIASES.items():
-            h = _handler(cb, legacy)
-            if h is not None and _handler(cb, event) is None and runs_in(cb, event, phase):
+            h = handler_of(cb, legacy)
+            if h is not None and handler_of(cb, event) is None and runs_in(cb, event, phase):
                 table[event].append(h)
         for ext in DISPATCH_EXTENSIONS:
             for event, h in ext.handlers(cb, cbs, phase):
@@ -232,7 +233,7 @@ def build_dispatch(cbs: list[Callback], phase: str) -> dict[str, tuple[Callable,
 def warn_legacy_names(cb: Callback) -> None:
     """Warn once per attach for each fastai-book `begin_*` method the callback defines."""
     for legacy, event in LEGACY_ALIASES.items():
-        if _handler(cb, legacy) is not None:
+        if handler_of(cb, legacy) is not None:
             warnings.warn(
                 f"{type(cb).__name__}.{legacy} is the fastai-book name; it runs as {event}. "
                 f"Rename it to {event}.",
@@ -248,6 +249,7 @@ __all__ = [
     "camel_to_snake",
     "build_dispatch",
     "runs_in",
+    "handler_of",
     "DispatchExtension",
     "DISPATCH_EXTENSIONS",
 ]

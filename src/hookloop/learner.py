@@ -760,7 +760,8 @@ class Learner:
             set_hyper(self.opt, "wd", self.wd)
         return self.opt
 
-    def _check_fit_args(self, n_epoch: Any, steps_per_epoch: Any = None) -> None:
+    def check_fit_args(self, n_epoch: Any, steps_per_epoch: Any = None) -> None:
+        """The checks `fit` makes before any work; the fit variants call it first too."""
         check_int("n_epoch", n_epoch, 1)
         if steps_per_epoch is not None:
             check_int("steps_per_epoch", steps_per_epoch, 1)
@@ -793,7 +794,7 @@ class Learner:
         schedules their total. `start_epoch=k` (fastai) skips the first k epochs: training
         starts at epoch k with the counters (`train_iter`, `pct_train`) of that point.
         """
-        self._check_fit_args(n_epoch, steps_per_epoch)
+        self.check_fit_args(n_epoch, steps_per_epoch)
         check_int("start_epoch", start_epoch, 0, below=n_epoch)
         extra = listify(cbs) + listify(callbacks)
         for add_fit_cbs in FIT_EXTENSIONS:

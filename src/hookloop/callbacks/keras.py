@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._util import unwrap_model
-from ..callback import DISPATCH_EXTENSIONS, Callback, DispatchExtension, _handler
+from ..callback import DISPATCH_EXTENSIONS, Callback, DispatchExtension, handler_of
 from ..data import find_bs
 from ..events import KERAS_HOOKS, CancelFitException, CancelTrainException
 from ..results import GatherPreds
@@ -38,7 +38,7 @@ def _noop(fn: Callable) -> Callable:
 
 def keras_hook(cb: Callback, name: str) -> Callable | None:
     """The callback's Keras hook `name`, or None when absent or KerasCallback's empty default."""
-    h = _handler(cb, name)
+    h = handler_of(cb, name)
     if h is None or getattr(getattr(h, "__func__", h), "__hookloop_noop__", False):
         return None
     return h

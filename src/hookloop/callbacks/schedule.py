@@ -255,7 +255,7 @@ def fit_one_cycle(
     fastai v1 spellings: `max_lr=` for lr_max, `div_factor=` for div, `final_div=` for
     div_final, `moms=(0.95, 0.85)` for (0.95, 0.85, 0.95); `tot_epochs=T, start_epoch=s`
     runs epochs s .. s+n_epoch of a cycle T epochs long."""
-    self._check_fit_args(n_epoch, steps_per_epoch)
+    self.check_fit_args(n_epoch, steps_per_epoch)
     lr_max = _one_of("lr_max", lr_max, "max_lr", max_lr, None)
     div = _one_of("div", div, "div_factor", div_factor, 25.0)
     div_final = _one_of("div_final", div_final, "final_div", final_div, 1e5)
@@ -286,7 +286,7 @@ def fit_flat_cos(
     steps_per_epoch: int | None = None,
 ) -> Any:
     """fastai: lr flat for pct_start of training, then cosine down to lr/div_final."""
-    self._check_fit_args(n_epoch, steps_per_epoch)
+    self.check_fit_args(n_epoch, steps_per_epoch)
     cbs = [ParamScheduler(flat_cos_scheds(self, lr, div_final, pct_start)), *listify(cbs)]
     return self.fit(
         n_epoch,
@@ -313,7 +313,7 @@ def fit_sgdr(
     """fastai's SGDR: n_cycles cosine cycles from lr_max to 0, the first cycle_len epochs
     long and each next one cycle_mult times longer."""
     n_epoch = sgdr_n_epoch(n_cycles, cycle_len, cycle_mult)
-    self._check_fit_args(n_epoch, steps_per_epoch)
+    self.check_fit_args(n_epoch, steps_per_epoch)
     scheds = sgdr_scheds(self, n_cycles, cycle_len, lr_max, cycle_mult)
     cbs = [ParamScheduler(scheds), *listify(cbs)]
     return self.fit(
