@@ -209,3 +209,68 @@ def test_run_valid_false_still_gets_fit_and_epoch_events():
     tiny_learner(cbs=TrainOnly(), n_train=4, n_valid=4).fit(1)
     # before_fit fires while training is still False, after_epoch after validation.
     assert seen == ["before_fit", "before_batch", "after_epoch", "after_fit"]
+
+
+def test_a_callback_is_callable_by_event_name():
+    seen = []
+
+    class Probe(Callback):
+        def after_batch(self):
+            seen.append("after_batch")
+
+    cb = Probe()
+    cb("after_batch")
+    cb("before_fit")  # no such handler: nothing happens
+    assert seen == ["after_batch"]
+
+
+def test_keyword_functions_become_methods_that_receive_the_callback():
+    calls = []
+    cb = Callback(
+        before_fit=lambda self: calls.append(("fit", self)),
+        after_batch=lambda self: calls.append("b"),
+    )
+    tiny_learner(cbs=cb, n_train=8, n_valid=4).fit(1)  # 2 training + 1 validation batch
+    assert calls == [("fit", cb), "b", "b", "b"]
+
+
+def test_an_unknown_keyword_event_is_a_type_error_naming_it():
+    with pytest.raises(TypeError, match="'befor_fit' is not an event"):
+        Callback(befor_fit=lambda self: None)
+
+
+def test_run_valid_false_keeps_the_phase_events_and_drops_only_its_batch_events():
+    seen = []
+
+    class TrainBatchesOnly(Callback):
+        run_valid = False
+
+        def before_validate(self):
+            seen.append("before_validate")
+
+        def after_batch(self):
+            seen.append("batch" if self.training else "valid batch")
+
+        def after_validate(self):
+            seen.append("after_validate")
+
+    tiny_learner(cbs=TrainBatchesOnly(), n_train=8, n_valid=4).fit(1)
+    assert seen == ["batch", "batch", "before_validate", "after_validate"]
+
+
+def test_calling_a_run_valid_false_callback_during_validation_skips_batch_events():
+    seen = []
+
+    class TrainBatchesOnly(Callback):
+        run_valid = False
+
+        def after_batch(self):
+            seen.append(self.training)
+
+    cb = TrainBatchesOnly()
+    learn = tiny_learner(cbs=cb)
+    learn.training = False
+    cb("after_batch")
+    learn.training = True
+    cb("after_batch")
+    assert seen == [True]

@@ -17,7 +17,9 @@ from hookloop import (
     CancelStepException,
     CancelTrainException,
     CancelValidException,
+    event,
 )
+from hookloop.events import EVENTS
 
 TRAIN_BATCH = [
     "before_batch",
@@ -232,3 +234,10 @@ def test_callbacks_passed_to_fit_are_detached_after_an_exception():
         learn.fit(1, cbs=log)
     assert log not in learn.cbs
     assert not hasattr(learn, "event_log")
+
+
+def test_the_event_namespace_names_every_event_and_refuses_a_misspelling():
+    assert event.after_batch == "after_batch"
+    assert [getattr(event, name) for name in EVENTS] == list(EVENTS)
+    with pytest.raises(AttributeError):
+        _ = event.afterbatch

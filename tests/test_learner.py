@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import pickle
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 from conftest import tiny_dls, tiny_learner
-from hookloop import Callback, DataLoaders, Learner, accuracy
+from hookloop import Callback, DataLoaders, Learner, TensorLoader, accuracy
 
 
 def test_one_sgd_step_equals_the_hand_computation():
@@ -367,3 +368,99 @@ def test_fastai_v1_callbacks_keyword_on_the_learner_keeps_them():
 
     learn = Learner(nn.Linear(4, 2), tiny_dls(), cbs=A(), callbacks=[B()], device="cpu")
     assert isinstance(learn.a, A) and isinstance(learn.b, B)
+
+
+def test_learn_x_and_y_are_the_first_input_and_target_and_reads_fall_through_to_the_model():
+    seen = {}
+
+    class Probe(Callback):
+        def after_pred(self):
+            seen["x"], seen["y"] = self.learn.x.shape, self.learn.y.shape
+
+    learn = tiny_learner(cbs=Probe(), n_train=4, bs=4)
+    learn.fit(1)
+    assert seen == {"x": (4, 4), "y": (4,)}
+    assert learn.in_features == 4  # nn.Linear(4, 2).in_features, read through the learner
+    with pytest.raises(AttributeError, match="nor has its model"):
+        _ = learn.no_such_thing
+
+
+def test_loss_is_a_zero_tensor_at_before_fit():
+    seen = []
+
+    class Probe(Callback):
+        def before_fit(self):
+            seen.append(self.learn.loss)
+
+    tiny_learner(cbs=Probe()).fit(1)
+    assert torch.equal(seen[0], torch.tensor(0.0))
+
+
+def test_the_lr_of_a_partial_opt_func_is_used_when_the_learner_has_no_lr():
+    sgd = functools.partial(torch.optim.SGD, lr=0.5)
+    assert tiny_learner(opt_func=sgd).create_opt().param_groups[0]["lr"] == 0.5
+    assert tiny_learner(opt_func=sgd, lr=0.1).create_opt().param_groups[0]["lr"] == 0.1
+
+
+def test_ordered_cbs_lists_the_callbacks_of_an_event_in_order(capsys):
+    learn = tiny_learner()
+    assert [type(c).__name__ for c in learn.ordered_cbs("after_batch")] == [
+        "Recorder",
+        "ProgressBar",
+    ]
+    assert learn.show_training_loop() == learn.show_loop()
+
+
+def test_fit_start_epoch_skips_the_first_epochs_with_their_counters():
+    learn = tiny_learner(n_train=8, bs=4)  # 2 batches per epoch
+    history = learn.fit(3, start_epoch=2)
+    assert history.epoch == [2]
+    assert learn.train_iter == 6 and learn.pct_train == 1.0
+
+
+def test_get_preds_ds_idx_0_predicts_the_training_loader():
+    learn = tiny_learner(n_train=8, n_valid=4)
+    assert learn.get_preds(ds_idx=0)[0].shape == (8, 2)
+    assert learn.get_preds()[0].shape == (4, 2)
+    with pytest.raises(ValueError, match="ds_idx must be 0"):
+        learn.get_preds(ds_idx=2)
+
+
+def test_load_without_the_optimizer_leaves_a_usable_one(tmp_path):
+    learn = tiny_learner(path=tmp_path)
+    learn.fit(1)
+    learn.save("m")
+    fresh = tiny_learner(path=tmp_path)
+    fresh.load("m", with_opt=False)
+    assert fresh.opt is not None and fresh.opt.state_dict()["state"] == {}
+    fresh.fit(1)
+
+
+def test_validate_unpacks_as_fastai_and_still_answers_by_name():
+    learn = tiny_learner(metrics=accuracy)
+    learn.fit(1)
+    loss, acc = learn.validate()
+    result = learn.validate()
+    assert result["valid_loss"] == loss and result["accuracy"] == acc
+    assert result == [loss, acc] and result.keys() == ["valid_loss", "accuracy"]
+
+
+def test_get_preds_with_input_keeps_every_input_and_target_in_fastais_order():
+    class TwoInTwoOut(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(3, 1)
+
+        def forward(self, a, b):
+            return self.lin(a) + b
+
+    a, b = torch.randn(6, 3), torch.randn(6, 1)
+    t1, t2 = torch.randn(6, 1), torch.randn(6, 1)
+    loader = TensorLoader(a, b, t1, t2, bs=4)  # batches of 4 and 2 rows, in order
+    dls = DataLoaders(loader, loader)
+    loss = lambda pred, y1, y2: ((pred - y1) ** 2).mean() + ((pred - y2) ** 2).mean()  # noqa: E731
+    learn = Learner(TwoInTwoOut(), dls, loss, n_inp=2, device="cpu")
+    inputs, preds, targets = learn.get_preds(with_input=True)
+    assert [t.shape for t in inputs] == [(6, 3), (6, 1)]
+    assert preds.shape == (6, 1) and [t.shape for t in targets] == [(6, 1), (6, 1)]
+    assert torch.equal(inputs[0], a) and torch.equal(targets[1], t2)

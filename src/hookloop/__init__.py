@@ -41,6 +41,7 @@ from .events import (
     CancelStepException,
     CancelTrainException,
     CancelValidException,
+    event,
 )
 from .hyper import get_hyper, hyper_names, set_hyper
 from .learner import Learner, default_device
@@ -105,6 +106,7 @@ __all__ = [
     "find_bs",
     "to_device",
     "EVENTS",
+    "event",
     "CancelBackwardException",
     "CancelBatchException",
     "CancelEpochException",

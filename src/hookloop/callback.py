@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 import re
+import types
 import warnings
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,29 @@ class Callback:
     # Saved with state_dict() in checkpoints; bump it when the layout of state_dict() changes.
     state_version: int = 1
     learn: Learner | None = None
+
+    def __init__(self, **handlers: Callable) -> None:
+        # fastai's `Callback(before_fit=f, after_batch=g)`: each function becomes a method of
+        # this callback (it receives the callback, as fastai's funcs_kwargs(as_method=True)).
+        for event, fn in handlers.items():
+            if event not in EVENTS and event not in LEGACY_ALIASES:
+                raise TypeError(
+                    f"Callback: {event!r} is not an event; the events are {', '.join(EVENTS)}"
+                )
+            if not callable(fn):
+                raise TypeError(f"Callback: {event} must be a function, got {fn!r}")
+            object.__setattr__(self, event, types.MethodType(fn, self))
+
+    def __call__(self, event: str) -> Any:
+        """Run this callback's handler of `event`, if it has one (fastai's `cb('after_batch')`).
+
+        Batch-level events respect run_train / run_valid for the learner's current phase."""
+        if event in BATCH_EVENTS:
+            training = getattr(self.learn, "training", True)
+            if not (self.run_train if training else self.run_valid):
+                return None
+        handler = handler_of(self, event)
+        return handler() if handler is not None else None
 
     @property
     def name(self) -> str:
@@ -167,26 +191,28 @@ def handler_of(cb: Callback, event: str) -> Callable | None:
     return None
 
 
-# Events outside any one phase: they reach a callback whatever its run_train/run_valid say.
-_PHASE_FREE_EVENTS = frozenset(
+# The batch-level events: the only ones run_train / run_valid gate (fastai's `_inner_loop`), so
+# a callback with run_valid=False still sees before_validate / after_validate.
+BATCH_EVENTS = frozenset(
     {
-        "after_create",
-        "before_fit",
-        "before_epoch",
-        "after_cancel_epoch",
-        "after_epoch",
-        "after_cancel_fit",
-        "after_fit",
-        "after_exception",
+        "before_batch",
+        "after_pred",
+        "after_loss",
+        "before_backward",
+        "after_cancel_backward",
+        "after_backward",
+        "before_step",
+        "after_cancel_step",
+        "after_step",
+        "after_cancel_batch",
+        "after_batch",
     }
 )
 
 
 def runs_in(cb: Callback, event: str, phase: str) -> bool:
     """Whether `cb`'s handler of `event` belongs in the `phase` ('train' or 'valid') table."""
-    # run_train/run_valid gate one phase's events; fit- and epoch-level events fire in
-    # whichever table is current (before_fit runs while `training` is still False).
-    if event in _PHASE_FREE_EVENTS:
+    if event not in BATCH_EVENTS:
         return True
     return cb.run_train if phase == "train" else cb.run_valid
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 # Every event the loop fires, in the order a full training batch meets them. Callbacks
 # implement methods with these names; the dispatch table is built from this tuple only.
 EVENTS: tuple[str, ...] = (
@@ -31,6 +33,10 @@ EVENTS: tuple[str, ...] = (
     "after_fit",
     "after_exception",
 )
+
+# fastai's `event` namespace: `event.after_batch == "after_batch"`, every event an attribute,
+# so a misspelt name fails where it is written instead of never firing.
+event = types.SimpleNamespace(**{name: name for name in EVENTS})
 
 # The fastai book's spellings; accepted with a DeprecationWarning.
 LEGACY_ALIASES: dict[str, str] = {
@@ -97,6 +103,7 @@ class CancelStepException(CancelException):
 
 __all__ = [
     "EVENTS",
+    "event",
     "LEGACY_ALIASES",
     "KERAS_HOOKS",
     "CancelException",
