@@ -211,11 +211,25 @@ def safe_load(path: str | os.PathLike, map_location: Any = None) -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        if "weights_only" not in str(e):
+            raise _not_torch_file(path, e) from e
         raise ValueError(
             f"refusing to load {str(path)!r}: it needs arbitrary unpickling, which can run code "
             f"(torch.load(weights_only=True) said: {str(e).splitlines()[0]}). Save state dicts "
             f"of tensors and plain Python values instead."
         ) from e
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as e:
+        # A text file (KeyError), an empty one (EOFError), a truncated zip (RuntimeError).
+        raise _not_torch_file(path, e) from e
+
+
+def _not_torch_file(path: Path, e: BaseException) -> ValueError:
+    size = path.stat().st_size if path.exists() else 0
+    first = str(e).splitlines()[0] if str(e) else "no message"
+    return ValueError(
+        f"cannot load {str(path)!r} ({size} bytes): it is not a complete file written by "
+        f"torch.save ({type(e).__name__}: {first})"
+    )
 
 
 def save_png(fig: Any, fname: str | os.PathLike) -> Path:

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch.optim import Optimizer
 
 from ._check import is_number
 
-__all__ = ["HYPER_NAMES", "hyper_names", "get_hyper", "set_hyper", "even_mults"]
+__all__ = [
+    "HYPER_NAMES",
+    "hyper_names",
+    "get_hyper",
+    "set_hyper",
+    "even_mults",
+    "check_hyper_value",
+]
 
 HYPER_NAMES: tuple[str, ...] = ("lr", "mom", "sqr_mom", "wd", "eps")
 
@@ -93,6 +102,31 @@ def even_mults(start: float, stop: float, n: int) -> list[float]:
     return values
 
 
+# Hyper-parameters that are never negative: a negative lr trains uphill, a negative wd grows
+# the weights; both are bad input however they arrive (Learner, fit, a schedule).
+_NON_NEGATIVE = ("lr", "wd")
+
+
+def check_hyper_value(name: str, value: Any) -> None:
+    """A ValueError naming `name` unless `value` is a number, a slice of numbers or a list of
+    numbers (one per group); lr and wd must also be finite and >= 0."""
+    if isinstance(value, slice):
+        items = [v for v in (value.start, value.stop) if v is not None]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        items = [value]
+    for v in items:
+        try:
+            number = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{name} must be a number, a slice or one number per param group, got {value!r}"
+            ) from None
+        if name in _NON_NEGATIVE and not 0 <= number < math.inf:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
 def _per_group(name: str, value: HyperValue, n: int) -> list[float]:
     if isinstance(value, slice):
         if value.step is not None or value.stop is None:
@@ -129,7 +163,15 @@ def set_hyper(opt: Optimizer, name: str, value: HyperValue) -> None:
     and ``slice(b)`` gives the last group ``b`` and earlier groups ``b / 10``, as in fastai.
     """
     key, idx = _resolve(opt, name)
-    values = _per_group(name, value, len(opt.param_groups))
+    try:
+        values = _per_group(name, value, len(opt.param_groups))
+    except (TypeError, ValueError):
+        check_hyper_value(name, value)  # names the argument when the value is not a number
+        raise
+    if name in _NON_NEGATIVE:
+        for v in values:
+            if not 0 <= v < math.inf:  # a schedule's value, checked before the step it sets
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     for group, v in zip(opt.param_groups, values):
         if idx is None:
             group[key] = _filled(group[key], v)

@@ -42,7 +42,7 @@ from .events import (
     CancelTrainException,
     CancelValidException,
 )
-from .hyper import set_hyper
+from .hyper import check_hyper_value, set_hyper
 from .metrics import as_metric
 from .results import GatherPreds, ValidationResult
 
@@ -81,6 +81,8 @@ _LOOP_STATE = (
     "loss_grad",
     "_training",
 )
+
+_MISSING = object()
 
 # The callbacks every Learner starts with (fastai's `defaults.callbacks`): each feature module
 # appends its own (TrainEval and Recorder from callbacks/recorder.py, ProgressBar from
@@ -156,6 +158,32 @@ def _note(exc: BaseException, handler: Callable, event: str) -> None:
     note = f"raised in callback {who} during event {event}"
     if note not in getattr(exc, "__notes__", ()):
         exc.add_note(note)
+
+
+def _describe(items: Any) -> str:
+    # "float32 [4, 3], int64 [4]": what a torch error about shapes or dtypes needs next to it.
+    if isinstance(items, Mapping):
+        return ", ".join(f"{k}: {_describe((v,))}" for k, v in items.items())
+    out = []
+    for t in items:
+        if isinstance(t, Tensor):
+            out.append(f"{str(t.dtype).removeprefix('torch.')} {list(t.shape)}")
+        else:
+            out.append(type(t).__name__)
+    return ", ".join(out) or "none"
+
+
+def _note_batch(exc: BaseException, learn: Learner, training: bool) -> None:
+    # An error of the model, the loss or the optimizer (not of a callback, which has its own
+    # note) gains what was fed in: the usual cause is a shape or dtype the loss did not expect.
+    if any(n.startswith("raised in callback") for n in getattr(exc, "__notes__", ())):
+        return
+    loss = learn.loss_func
+    exc.add_note(
+        f"in {'training' if training else 'validation'} batch {learn.iter} of epoch "
+        f"{learn.epoch}: inputs {_describe(learn.xb)}; targets {_describe(learn.yb)}; "
+        f"loss_func {getattr(loss, '__name__', type(loss).__name__)}"
+    )
 
 
 def _check_scalar(loss: Any) -> None:
@@ -253,19 +281,43 @@ class Learner:
         self.dls = _as_dataloaders(dls)
         if loss_func is not None and not callable(loss_func):
             raise TypeError(f"loss_func must be callable, got {loss_func!r}")
+        if isinstance(loss_func, type):
+            raise TypeError(
+                f"loss_func must be a loss function or module, got the class "
+                f"{loss_func.__name__}: pass an instance, {loss_func.__name__}()"
+            )
         if not callable(opt_func):
             raise TypeError(f"opt_func must be an optimizer class or callable, got {opt_func!r}")
         if metrics is None:
             metrics = []
         elif not isinstance(metrics, (list, tuple)):
             metrics = [metrics]
+        for m in metrics:
+            if isinstance(m, type):
+                raise TypeError(
+                    f"metrics: got the class {m.__name__}; pass an instance or a function "
+                    f"f(pred, target)"
+                )
         self.metrics = [as_metric(m) for m in metrics]
+        names = [m.name for m in self.metrics]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(
+                f"metrics: two metrics named {', '.join(map(repr, twice))} would share one "
+                f"column; give one a name (AvgMetric(func, name=...)) or pass it once"
+            )
+        for arg, value in (("path", path), ("model_dir", model_dir)):
+            if not isinstance(value, (str, os.PathLike)):
+                raise TypeError(f"{arg} must be a str or a path, got {value!r}")
+        if wd is not None:
+            check_hyper_value("wd", wd)
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device)
         self.loss_func = loss_func if loss_func is not None else _infer_loss_func(self.dls)
         if lr is None:
             keywords = getattr(opt_func, "keywords", None) or {}  # functools.partial
             lr = keywords.get("lr", 1e-3)
+        check_hyper_value("lr", lr)
         self.opt_func, self.lr, self.wd = opt_func, lr, wd
         self.splitter = splitter
         self.opt: torch.optim.Optimizer | None = None
@@ -318,18 +370,26 @@ class Learner:
             cb = cb()
         if not isinstance(cb, Callback):
             raise TypeError(f"cbs: expected a Callback instance or class, got {cb!r}")
-        existing = self.__dict__.get(cb.name)
-        # A callback named like the loop's state (a `Loss` callback) is attached but not
-        # exposed as `learn.loss`: the loop rewrites that name on every batch.
-        expose = existing is None or isinstance(existing, Callback)
-        if not expose and cb.name not in _LOOP_STATE:
+        if any(c is cb for c in self.cbs):
             raise ValueError(
-                f"callback name {cb.name!r} clashes with the learner attribute of that name"
+                f"cbs: {cb!r} is attached already; the same callback instance twice would run "
+                f"every event twice (pass it once, or make a second instance)"
+            )
+        name = cb.name
+        existing = self.__dict__.get(name, _MISSING)
+        # A callback named like the loop's state (a `Loss` callback, fastai's book) is attached
+        # but not exposed as `learn.loss`: the loop rewrites that name on every batch. Any
+        # other learner state (`opt`, `model`, ...) must not be shadowed.
+        expose = existing is _MISSING or isinstance(existing, Callback)
+        if not expose and name not in _LOOP_STATE:
+            raise ValueError(
+                f"callback name {name!r} clashes with the learner attribute of that name: "
+                f"rename the class or give the instance another name"
             )
         warn_legacy_names(cb)
         cb.learn = self
         if expose:
-            self.__dict__[cb.name] = cb
+            self.__dict__[name] = cb
         self.cbs.append(cb)
         self._rebuild()
         if hasattr(type(cb), "after_create"):
@@ -613,6 +673,9 @@ class Learner:
             except CancelException as e:
                 _mark(e, "batch", training)
                 raise
+            except Exception as e:
+                _note_batch(e, self, training)
+                raise
             if training:
                 # Loop state, like `iter`: counted here so that no callback runs for it per batch.
                 n = self.train_iter + 1
@@ -648,7 +711,11 @@ class Learner:
         if type(b) is tuple and len(b) == 2 and self.n_inp is None:
             self.xb, self.yb = (b[0],), (b[1],)  # the common (x, y) batch
         elif isinstance(b, (tuple, list)):
-            n_inp = self.n_inp if self.n_inp is not None else max(len(b) - 1, 1)
+            n_inp = self.n_inp
+            if n_inp is None:
+                n_inp = max(len(b) - 1, 1)
+            elif n_inp > len(b):
+                raise ValueError(f"n_inp={n_inp} but the batch has {len(b)} items")
             self.xb, self.yb = tuple(b[:n_inp]), tuple(b[n_inp:])
         elif isinstance(b, Mapping):
             # Keyword inputs: `model(**xb)`. A model that computes its own loss keeps its
@@ -796,6 +863,10 @@ class Learner:
         """
         self.check_fit_args(n_epoch, steps_per_epoch)
         check_int("start_epoch", start_epoch, 0, below=n_epoch)
+        if lr is not None:
+            check_hyper_value("lr", lr)
+        if wd is not None:
+            check_hyper_value("wd", wd)
         extra = listify(cbs) + listify(callbacks)
         for add_fit_cbs in FIT_EXTENSIONS:
             extra += add_fit_cbs(self, extra, resume)
@@ -887,6 +958,8 @@ class Learner:
     def _loader(self, dl: Any, ds_idx: int) -> Any:
         # fastai's ds_idx: 0 is the training loader, 1 the validation loader.
         if dl is not None:
+            if isinstance(dl, (str, bytes, torch.Tensor)) or not hasattr(dl, "__iter__"):
+                raise TypeError(f"dl must be a data loader, got {type(dl).__name__}: {dl!r:.60}")
             return dl
         check_int("ds_idx", ds_idx, 0, below=2, what="0 (dls.train) or 1 (dls.valid)")
         return self.dls.train if ds_idx == 0 else self.dls.valid
@@ -922,6 +995,11 @@ class Learner:
         if not file.exists() and Path(name).is_file():
             file = Path(name)
         state = safe_load(file, map_location=self.device)
+        if not isinstance(state, dict):
+            raise ValueError(
+                f"load: {str(file)!r} holds a {type(state).__name__}, not a state dict (save "
+                f"with learn.save, or torch.save(model.state_dict(), ...))"
+            )
         model_state = (
             state["model"] if "model" in state and isinstance(state["model"], dict) else state
         )
