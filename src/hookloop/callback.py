@@ -193,21 +193,7 @@ def handler_of(cb: Callback, event: str) -> Callable | None:
 
 # The batch-level events: the only ones run_train / run_valid gate (fastai's `_inner_loop`), so
 # a callback with run_valid=False still sees before_validate / after_validate.
-BATCH_EVENTS = frozenset(
-    {
-        "before_batch",
-        "after_pred",
-        "after_loss",
-        "before_backward",
-        "after_cancel_backward",
-        "after_backward",
-        "before_step",
-        "after_cancel_step",
-        "after_step",
-        "after_cancel_batch",
-        "after_batch",
-    }
-)
+BATCH_EVENTS = frozenset(EVENTS[EVENTS.index("before_batch") : EVENTS.index("after_batch") + 1])
 
 
 def runs_in(cb: Callback, event: str, phase: str) -> bool:
