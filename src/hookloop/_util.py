@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import io
 import os
 import pickle
@@ -193,7 +194,29 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+    remove_stale_temporaries(path)
     return path
+
+
+# A temporary this much older than the file just completed is a killed writer's leftover; a
+# younger one may belong to a writer still at work on the same name, and is left alone.
+STALE_SECONDS = 60.0
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries `atomic_write_bytes` left for `path` (a kill during a write)
+    that are older than `path` by more than STALE_SECONDS; returns those removed."""
+    path = Path(path)
+    newest = path.stat().st_mtime
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            if tmp.stat().st_mtime < newest - STALE_SECONDS:
+                tmp.unlink()
+                removed.append(tmp)
+        except FileNotFoundError:  # another writer finished or cleaned it meanwhile
+            continue
+    return removed
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
