@@ -251,3 +251,35 @@ def test_monitor_names_resolve_beside_train_metrics():
     assert rec.resolve("val_target_mean") == "valid_target_mean"
     assert rec.resolve("train_target_mean") == "train_target_mean"
     assert rec.resolve("loss") == "train_loss" and rec.resolve("val_loss") == "valid_loss"
+
+
+def test_a_version_1_recorder_state_loads_with_raw_losses_and_the_epochs_running_sums():
+    # Version 1 kept raw losses under "losses" and every batch size; mid-epoch at batch 2 of
+    # epoch 1 (batches of 4 and 2 with losses 3 and 6): sum 4*3 + 2*6 = 24 over 6 samples.
+    learn = scripted_learner([1.0], n_train=1, bs=1)
+    rec = learn.recorder
+    v1 = {
+        "losses": [5.0, 3.0, 6.0],
+        "smooth_losses": [5.0, 4.0, 4.5],
+        "ema": 0.1,
+        "batch_bs": [4, 4, 2],
+        "hps": {"lr": [0.1, 0.1, 0.1]},
+        "rows": [{"epoch": 0, "train_loss": 5.0}],
+        "iters": [1],
+        "history": {"history": {"loss": [5.0]}, "epoch": [0], "params": {}},
+        "last_validation": {},
+        "epoch_in_progress": {
+            "row": {"epoch": 1},
+            "done": False,
+            "train_start": 1,
+            "elapsed": 0.0,
+            "train_mets": [],
+        },
+    }
+    state = rec.migrate_state_dict(v1, 1)
+    assert state["raw_losses"] == [5.0, 3.0, 6.0]
+    assert state["epoch_in_progress"]["loss_sum"] == 24.0
+    assert state["epoch_in_progress"]["loss_count"] == 6
+    rec.load_state_dict(state)
+    assert rec.raw_losses == [5.0, 3.0, 6.0] and rec.losses == [5.0, 4.0, 4.5]
+    assert rec.lrs == [0.1] * 3 and rec.logs["loss"] == 5.0
