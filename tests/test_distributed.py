@@ -359,7 +359,7 @@ def test_every_rank_records_the_values_of_the_single_process_run(ddp_run):
     single, _, results, _ = ddp_run
     expected = [_numeric(row) for row in single.recorder.rows]
     assert list(expected[0]) == [
-        "epoch", "train_loss", "train_accuracy", "valid_loss", "accuracy",
+        "epoch", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy",
     ]  # fmt: skip
     for res in results:
         got = [_numeric(row) for row in res["rows"]]
@@ -375,7 +375,7 @@ def test_csv_log_is_written_once_by_rank_zero_with_the_reduced_values(ddp_run):
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
     for row, expected in zip(rows, single.recorder.rows):
-        for name in ("train_loss", "valid_loss", "accuracy"):
+        for name in ("train_loss", "valid_loss", "valid_accuracy"):
             assert float(row[name]) == pytest.approx(expected[name], abs=1e-6)
 
 
@@ -394,7 +394,7 @@ def test_sharded_validation_equals_a_full_validation_of_the_final_weights(ddp_ru
     assert losses == sorted(losses, reverse=True)
     full = results[0]["validate"]
     assert full["valid_loss"] == pytest.approx(losses[-1], abs=1e-6)
-    assert full["accuracy"] == pytest.approx(results[0]["rows"][-1]["accuracy"], abs=1e-6)
+    assert full["accuracy"] == pytest.approx(results[0]["rows"][-1]["valid_accuracy"], abs=1e-6)
 
 
 def test_early_stopping_stops_both_ranks_at_the_same_epoch(ddp_run):

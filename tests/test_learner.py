@@ -24,7 +24,7 @@ def test_one_sgd_step_equals_the_hand_computation():
     learn.logger = lambda line: None
     learn.fit(1)
     assert model.weight.item() == pytest.approx(2.6)
-    assert learn.recorder.losses == [16.0]
+    assert learn.recorder.raw_losses == [16.0]
 
 
 def test_fit_returns_a_keras_history_with_keras_keys_and_one_value_per_epoch():

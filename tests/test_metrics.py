@@ -7,7 +7,7 @@ import torch
 
 from conftest import tiny_learner
 from hookloop import AvgMetric, DataLoaders, Learner, accuracy, error_rate
-from hookloop.metrics import AvgSmoothLoss, as_metric
+from hookloop.metrics import AvgLoss, AvgSmoothLoss, as_metric
 
 
 class FakeLearn:
@@ -57,6 +57,51 @@ def test_metric_values_stay_on_the_device_until_read():
     m.accumulate(FakeLearn(one_hot_pred([0, 1]), torch.tensor([0, 1])))
     assert all(isinstance(v, torch.Tensor) for v in m.vals)
     assert isinstance(m.value, torch.Tensor)
+
+
+def loss_batches(values, bs=2):
+    """FakeLearn batches of `bs` samples whose loss is each of `values`."""
+    return [FakeLearn(torch.zeros(bs, 2), torch.zeros(bs).long(), torch.tensor(v)) for v in values]
+
+
+def test_avg_loss_folds_its_values_into_a_device_sum_every_256_batches():
+    # 600 batches of 2 samples, loss i % 10: 256 + 256 folded into `total`, 88 still listed.
+    # Folded: 51 cycles of 0..9 (45 each) then 0 and 1, times 2 samples: 2 * 2296 = 4592.
+    # Mean over all 600 (60 full cycles) = 4.5.
+    m = AvgLoss()
+    for b in loss_batches([float(i % 10) for i in range(600)]):
+        m.accumulate(b)
+    assert len(m.vals) == 88 and len(m.counts) == 88
+    assert isinstance(m.total, torch.Tensor) and m.total.item() == 4592.0
+    assert m.total_count == 1024 and m.n_samples == 1200
+    assert isinstance(m.value, torch.Tensor) and m.value.item() == 4.5
+
+
+def test_avg_metric_state_dict_resumes_the_running_sum_bit_for_bit():
+    values = [0.1 * i for i in range(300)]
+    whole = AvgLoss()
+    for b in loss_batches(values):
+        whole.accumulate(b)
+    first = AvgLoss()
+    for b in loss_batches(values[:280]):
+        first.accumulate(b)
+    resumed = AvgLoss()
+    resumed.load_state_dict(first.state_dict())
+    for b in loss_batches(values[280:]):
+        resumed.accumulate(b)
+    assert resumed.value.item() == whole.value.item()  # exact, not approx
+    assert resumed.value.item() == pytest.approx(sum(values) / 300)
+
+
+def test_avg_metric_under_256_batches_keeps_the_single_sum_it_always_had():
+    # Below the fold every value is summed at once, as before the running sum existed.
+    m = AvgLoss()
+    for b in loss_batches([1.0, 2.0, 4.0]):
+        m.accumulate(b)
+    assert m.total is None and m.value.item() == 7 / 3
+    old = AvgLoss()
+    old.load_state_dict({"vals": list(m.vals), "counts": list(m.counts)})  # a v1 state
+    assert old.value.item() == 7 / 3
 
 
 def test_avg_smooth_loss_is_a_debiased_moving_average():

@@ -38,6 +38,8 @@ def keras_name(name: str) -> str:
         return "loss"
     if name == "valid_loss":
         return "val_loss"
+    if name.startswith("valid_"):  # valid_<metric> beside train_<metric> (train_metrics=True)
+        return f"val_{name[len('valid_') :]}"
     if name.startswith("train_"):
         return name[len("train_") :]
     return f"val_{name}"

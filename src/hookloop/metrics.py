@@ -50,18 +50,33 @@ def stack_scalars(vals: list) -> torch.Tensor:
     return torch.stack([torch.as_tensor(v).detach().reshape(()).to(dev) for v in vals])
 
 
+# AvgMetric keeps at most this many per-batch values; then they are folded into a running sum
+# on the device (one stack, multiply and sum per 256 batches, no host read), so an epoch of any
+# length holds a bounded number of tensors while a batch still costs only a list append.
+COLLAPSE_EVERY = 256
+
+
+def _weighted_sum(vals: list, counts: list[int]) -> torch.Tensor:
+    stacked = stack_scalars(vals).double()
+    w = torch.tensor(counts, dtype=torch.float64, device=stacked.device)
+    return (stacked * w).sum()
+
+
 def _weighted_mean(vals: list, counts: list[int]) -> torch.Tensor | float:
-    # Stack once per epoch: per-batch values stay on the device until read.
+    # Stack once per read: per-batch values stay on the device until read.
     if not vals:
         return float("nan")
-    stacked = stack_scalars(vals).double()
-    dev = stacked.device
-    w = torch.tensor(counts, dtype=torch.float64, device=dev)
-    return (stacked * w).sum() / w.sum()
+    return _weighted_sum(vals, counts) / float(sum(counts))
 
 
 class AvgMetric(Metric):
-    """Averages `func(pred, *yb)` over an epoch, weighted by batch size."""
+    """Averages `func(pred, *yb)` over an epoch, weighted by batch size.
+
+    Per batch it appends the value (a device tensor) and the batch size; every COLLAPSE_EVERY
+    batches those are folded into `total` (a float64 tensor on the device: sum of value * bs)
+    and `total_count`, so the memory an epoch takes stays bounded and nothing is read from the
+    device before `value` is.
+    """
 
     def __init__(self, func: Callable, name: str | None = None) -> None:
         if not callable(func):
@@ -71,8 +86,11 @@ class AvgMetric(Metric):
         self.reset()
 
     def reset(self) -> None:
+        # The values and batch sizes not folded into `total` yet (at most COLLAPSE_EVERY).
         self.vals: list = []
         self.counts: list[int] = []
+        self.total: torch.Tensor | None = None
+        self.total_count = 0
 
     def accumulate(self, learn: Any) -> None:
         pred = output_logits(learn.pred, getattr(learn, "pred_key", None))
@@ -80,17 +98,40 @@ class AvgMetric(Metric):
             pred = output_logits(pred, getattr(learn, "pred_key", None))
         self.vals.append(self.func(pred, *learn.yb))
         self.counts.append(find_bs(learn.yb if learn.yb else learn.xb))
+        if len(self.vals) >= COLLAPSE_EVERY:
+            self._collapse()
+
+    def _collapse(self) -> None:
+        part = _weighted_sum(self.vals, self.counts)
+        self.total = part if self.total is None else self.total + part
+        self.total_count += sum(self.counts)
+        self.vals, self.counts = [], []
+
+    @property
+    def n_samples(self) -> int:
+        """Samples (the batch sizes' sum) accumulated since the last reset."""
+        return self.total_count + sum(self.counts)
 
     def state_dict(self) -> dict:
-        """The running values, so a mid-epoch resume continues the average."""
-        return {"vals": list(self.vals), "counts": list(self.counts)}
+        """The running values, so a mid-epoch resume continues the average exactly."""
+        return {
+            "vals": list(self.vals),
+            "counts": list(self.counts),
+            "total": self.total,
+            "total_count": self.total_count,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.vals, self.counts = list(state["vals"]), list(state["counts"])
+        # States saved before the running sum existed hold every value in `vals`.
+        self.total, self.total_count = state.get("total"), state.get("total_count", 0)
 
     @property
     def value(self) -> torch.Tensor | float:
-        return _weighted_mean(self.vals, self.counts)
+        if self.total is None:
+            return _weighted_mean(self.vals, self.counts)
+        total = self.total + _weighted_sum(self.vals, self.counts) if self.vals else self.total
+        return total / float(self.n_samples)
 
     @property
     def name(self) -> str:
@@ -109,6 +150,8 @@ class AvgLoss(AvgMetric):
         # The loss is already computed: record it instead of calling a metric function.
         self.vals.append(learn.loss)
         self.counts.append(find_bs(learn.yb if learn.yb else learn.xb))
+        if len(self.vals) >= COLLAPSE_EVERY:
+            self._collapse()
 
 
 class AvgSmoothLoss(Metric):

@@ -249,3 +249,13 @@ def test_lr_find_plot_marks_the_suggestions_and_saves_as_png(tmp_path):
     assert out.axes[0].get_xscale() == "log"
     data = (tmp_path / "lr_find.png").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_after_lr_find_values_rows_hold_only_the_training_loss_as_fastai():
+    # 4 batches an epoch, num_it 10: epochs 0 and 1 complete (the sweep skips validation), the
+    # 10th batch ends the fit in epoch 2. fastai: one value per row, the smoothed train loss.
+    learn = regression_learner()
+    learn.fit(5, cbs=LRFinder(num_it=10, stop_div=False))
+    rec = learn.recorder
+    assert rec.values == [[rec.losses[3]], [rec.losses[7]]]
+    assert [len(v) for v in rec.values] == [1, 1]

@@ -81,7 +81,7 @@ def test_mixup_loss_is_lam_times_the_loss_on_y_plus_the_rest_on_shuffled_y():
     learn.fit(1)
     assert torch.allclose(capture.xb[0], torch.tensor([[3.0], [7.0]]))
     assert capture.loss == [pytest.approx(21.0)]
-    assert learn.recorder.losses == [pytest.approx(21.0)]
+    assert learn.recorder.raw_losses == [pytest.approx(21.0)]
     # Validation uses the plain loss on unmixed inputs: the identity model is exact.
     assert learn.recorder.rows[0]["valid_loss"] == 0.0
 

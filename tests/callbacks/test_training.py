@@ -89,7 +89,7 @@ def test_accumulation_records_the_unscaled_loss_of_each_micro_batch():
     x, y = torch.tensor([[2.0], [2.0]]), torch.tensor([[6.0], [4.0]])
     learn = tensor_learner(unit_linear(), x, y, bs=1, cbs=GradientAccumulation(n_acc=2))
     learn.fit(1)
-    assert learn.recorder.losses == [16.0, 4.0]
+    assert learn.recorder.raw_losses == [16.0, 4.0]
     # The step used the mean gradient: (-16 + -8) / 2 = -12, so w = 1 + 0.1 * 12 = 2.2.
     assert learn.model.weight.item() == pytest.approx(2.2)
 
@@ -284,7 +284,7 @@ def test_fp16_scales_loss_grad_by_the_scaler_and_records_the_unscaled_loss():
     )
     learn.fit(1)
     assert seen == [(16.0 * 1024, 16.0)]
-    assert learn.recorder.losses == [16.0]
+    assert learn.recorder.raw_losses == [16.0]
 
 
 def test_fp16_step_equals_the_fp32_step_because_gradients_are_unscaled_first():

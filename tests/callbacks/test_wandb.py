@@ -121,10 +121,11 @@ def test_metrics_logger_logs_each_epoch_under_keras_keys_equal_to_the_recorder(o
     run_dir = the_run(offline_wandb)
     rows = history(run_dir)
     values = learn.recorder.values  # per epoch: [train_loss, valid_loss, accuracy]
+    means = learn.recorder.history.history["loss"]  # Keras's loss: the epoch mean
     assert rows == [
         {
             "epoch/epoch": e,
-            "epoch/loss": pytest.approx(values[e][0]),
+            "epoch/loss": pytest.approx(means[e]),
             "epoch/val_loss": pytest.approx(values[e][1]),
             "epoch/val_accuracy": pytest.approx(values[e][2]),
             "epoch/learning_rate": pytest.approx(0.01),
@@ -209,7 +210,7 @@ def test_wandb_callback_logs_fastai_names_per_batch_and_epoch_and_the_best_model
     # 2 training batches per epoch, each logged: epoch progress 0.5, 1.0, 1.5, 2.0.
     batch_rows = [r for r in rows if "raw_loss" in r]
     assert [r["epoch"] for r in batch_rows] == [0.5, 1.0, 1.5, 2.0]
-    assert [r["raw_loss"] for r in batch_rows] == pytest.approx(learn.recorder.losses)
+    assert [r["raw_loss"] for r in batch_rows] == pytest.approx(learn.recorder.raw_losses)
     assert [r["train_loss"] for r in batch_rows] == pytest.approx(learn.recorder.smooth_losses)
     assert all(r["lr_0"] == pytest.approx(0.01) for r in batch_rows)
     assert all(r["mom_0"] == pytest.approx(0.9) and r["sqr_mom_0"] == 0.999 for r in batch_rows)

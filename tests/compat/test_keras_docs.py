@@ -83,7 +83,7 @@ def test_base_logger_averages_the_epochs_batch_losses():
     learn = classifier()
     logger = hl.BaseLogger(stateful_metrics=None)
     learn.fit(1, callbacks=[logger])
-    losses = learn.recorder.losses  # 3 batches of 16 rows: the average is the plain mean
+    losses = learn.recorder.raw_losses  # 3 batches of 16 rows: the average is the plain mean
     assert logger.logs["loss"] == pytest.approx(sum(losses) / 3)
 
 
@@ -91,7 +91,7 @@ def test_base_logger_stateful_metrics_are_logged_as_they_are():
     learn = classifier()
     logger = hl.BaseLogger(stateful_metrics=["loss"])
     learn.fit(1, callbacks=[logger])
-    assert logger.logs["loss"] == pytest.approx(learn.recorder.losses[-1])
+    assert logger.logs["loss"] == pytest.approx(learn.recorder.raw_losses[-1])
 
 
 # ---- CSVLogger -------------------------------------------------------------------------------
@@ -241,7 +241,7 @@ def test_keras_2_batch_hooks_get_the_batch_index_and_the_running_mean_loss():
 
     learn = classifier()
     learn.fit(1, callbacks=[LossPerBatch()])
-    l0, l1, l2 = learn.recorder.losses
+    l0, l1, l2 = learn.recorder.raw_losses
     assert seen == [
         ("begin", 0),
         ("end", 0, pytest.approx(l0)),

@@ -148,7 +148,7 @@ def plot_metrics(recorder: Recorder, fname: str | Path | None = None) -> Figure:
     ax.set_title("losses")
     ax.legend(loc="best")
     for name, ax in zip(metric_names, axs[1:]):
-        for key, label in ((f"train_{name}", "train"), (name, "valid")):
+        for key, label in ((f"train_{name}", "train"), (f"valid_{name}", "valid"), (name, "valid")):
             if key in rows[0]:
                 ax.plot(epochs, [r[key] for r in rows], marker="o", label=label)
         ax.set_title(name)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .._util import KERAS_TO_CANONICAL, keras_name, save_png
@@ -17,6 +18,17 @@ from ..learner import DEFAULT_CBS
 from ..metrics import AvgLoss, copy_metric, stack_scalars
 from ..results import History
 from . import plots
+from .float_series import FloatSeries, SeriesDict
+
+# Training losses wait on the device in a buffer of at most this many batches, then are read
+# in one transfer. 256: a 0-d tensor costs a few hundred bytes of host memory (on a GPU also a
+# device allocation), so the buffer stays under ~100 KB; one read per 256 batches is one sync
+# where a per-batch read would be 256, and a step would have to take under ~1 us for the read
+# (a few us plus the pipeline drain) to show; and a bar redrawing a few times a second reads
+# more often anyway.
+FLUSH_EVERY = 256
+# Key of the epoch's mean training loss (Keras's `loss`) in the values reduced across ranks.
+_MEAN_LOSS = "_mean_train_loss"
 
 
 class TrainEval(Callback):
@@ -60,8 +72,13 @@ def format_time(seconds: float) -> str:
 class Recorder(Callback):
     """Records per-batch losses and hyper-parameters and per-epoch values; builds the History.
 
-    Per-batch losses stay on the device until read: they are converted once per epoch, or when
-    something (a progress bar redraw) asks for `smooth_loss`.
+    Per training batch, as fastai: `losses` (the smoothed loss), `raw_losses`, `lrs` and `hps`
+    (`lr`, `mom`, and what a ParamScheduler adds), each a FloatSeries (8 bytes a value, read
+    like a list). Losses stay on the device in a buffer of at most FLUSH_EVERY batches and are
+    read in one transfer when it is full, at the end of the training phase, or when something
+    reads them (`losses` mid-epoch, a progress bar redraw asking for `smooth_loss`).
+    Per epoch: `values`, `rows`, `log`, `logs` (Keras keys); `train_loss` is the smoothed loss
+    at the end of the epoch (fastai), Keras's `loss` the epoch mean weighted by batch size.
 
     Args:
         beta: smoothing of the per-batch loss (bias-corrected moving average).
@@ -69,6 +86,8 @@ class Recorder(Callback):
     """
 
     order = 50
+    # 2: raw losses under "raw_losses", the epoch's running loss sums instead of per-batch sizes.
+    state_version = 2
 
     def __init__(self, beta: float = 0.98, add_time: bool = True) -> None:
         self.beta = beta
@@ -95,16 +114,19 @@ class Recorder(Callback):
         self._counts: dict[str, int] = {}
 
     def _reset_batches(self) -> None:
-        self.losses: list[float] = []
-        # The smoothed losses are computed from `losses` when first read (smooth_losses).
-        self._smooth: list[float] = []
-        # (loss, bs, lr, mom) per training batch whose loss is not read yet; the first `_moved`
-        # have their bs, lr and mom copied to the lists already.
+        self._raw = FloatSeries()
+        self._smooth = FloatSeries()
+        # (loss, bs, lr, mom) per training batch whose loss is not read yet (at most
+        # FLUSH_EVERY); the first `_moved` have their lr and mom copied to `hps` already.
         self._pending: list[tuple] = []
         self._moved = 0
-        self._batch_bs: list[int] = []
         self._ema = 0.0
-        self._hps: dict[str, list[float]] = {"lr": []}
+        # The current epoch's training: sum of loss * bs and of bs over the batches read.
+        self._epoch_sum, self._epoch_count = 0.0, 0
+        self._train_mean = float("nan")
+        self._valid_cancelled = False
+        self._hps = SeriesDict()
+        self._hps["lr"] = FloatSeries()
 
     # ---- names -----------------------------------------------------------------------------
 
@@ -113,13 +135,29 @@ class Recorder(Callback):
         """Columns of the epoch table: epoch, train_loss, [train_<m>], valid_loss, <m>, time."""
         learn = self.learn
         names = ["epoch", "train_loss"]
-        if learn.train_metrics:
+        if self.train_metrics:
             names += [f"train_{m.name}" for m in learn.metrics]
         if learn.dls.valid is not None:
-            names += ["valid_loss"] + [m.name for m in learn.metrics]
+            names += ["valid_loss"] + [self._valid_name(m.name) for m in learn.metrics]
         if self.add_time:
             names.append("time")
         return names
+
+    @property
+    def train_metrics(self) -> bool:
+        """Also compute the metrics on the training set: fastai's `learn.recorder.train_metrics
+        = True`, the same switch as `Learner(train_metrics=True)` (takes effect at the next fit).
+        """
+        learn = self.__dict__.get("learn")
+        return bool(learn is not None and learn.train_metrics)
+
+    @train_metrics.setter
+    def train_metrics(self, value: bool) -> None:
+        self.learn.train_metrics = bool(value)
+
+    def _valid_name(self, metric: str) -> str:
+        # fastai: `valid_<metric>` beside `train_<metric>`, else the metric's bare name.
+        return f"valid_{metric}" if self.train_metrics else metric
 
     def recorded_names(self) -> list[str]:
         """Names with a numeric per-epoch value (all columns but epoch and time)."""
@@ -133,6 +171,11 @@ class Recorder(Callback):
         canon = KERAS_TO_CANONICAL.get(name)
         if canon is None and name.startswith("val_"):
             canon = name[len("val_") :]
+        if canon is None and self.train_metrics and f"valid_{name}" in names:
+            # A bare metric name is the validation value (fastai), also beside train_<name>.
+            canon = f"valid_{name}"
+        if canon is not None and canon not in names and f"valid_{canon}" in names:
+            canon = f"valid_{canon}"  # val_accuracy -> valid_accuracy
         if canon in names:
             return canon
         keras = [keras_name(n) for n in names]
@@ -158,7 +201,7 @@ class Recorder(Callback):
     def metric_object(self, name: str) -> Any:
         """The metric object behind a canonical name (None for losses)."""
         for m in self.learn.metrics:
-            if name in (m.name, f"train_{m.name}"):
+            if name in (m.name, f"train_{m.name}", f"valid_{m.name}"):
                 return m
         return None
 
@@ -173,14 +216,14 @@ class Recorder(Callback):
         if learn.opt is not None:
             self._mom_key = _mom_key(learn.opt.param_groups[-1])
             if self._mom_key is not None:
-                self._hps["mom"] = []
+                self._hps["mom"] = FloatSeries()
         self.values, self.rows, self.iters = [], [], []
         self.history = History(
             {"epochs": learn.n_epoch, "steps": learn.batches_per_epoch, "verbose": 1}
         )
         self._valid_loss = AvgLoss()
         self._valid_mets = list(learn.metrics)
-        self._train_mets = [copy_metric(m) for m in learn.metrics] if learn.train_metrics else []
+        self._train_mets = [copy_metric(m) for m in learn.metrics] if self.train_metrics else []
         learn.logger(self._line(self.metric_names))
 
     def after_fit(self) -> None:
@@ -194,11 +237,18 @@ class Recorder(Callback):
         self._row: dict[str, Any] = {"epoch": self.learn.epoch}
         self._counts = {}
         self._epoch_done = False
-        self._train_start = len(self.losses) + len(self._pending)
+        self._flush()  # normally empty: the last training phase read its losses
+        self._epoch_sum, self._epoch_count = 0.0, 0
+        self._train_mean = float("nan")
+        self._valid_cancelled = False
 
     def before_train(self) -> None:
         for m in self._train_mets:
             m.reset()
+
+    def after_cancel_validate(self) -> None:
+        if self._fitting and not self._epoch_done:
+            self._valid_cancelled = True
 
     def before_validate(self) -> None:
         if not self._fitting:  # validate() / get_preds() outside fit
@@ -208,8 +258,9 @@ class Recorder(Callback):
             m.reset()
 
     def after_batch(self) -> None:
-        # Runs for every batch, so it only appends (no device reads, see _flush), and one
-        # record per batch: a single append measured cheaper than one per list.
+        # Runs for every batch, so it only appends (a device read once per FLUSH_EVERY
+        # batches, see _flush), and one record per batch: a single append measured cheaper
+        # than one per list.
         learn = self.learn
         loss = learn.loss
         if loss is None:
@@ -219,7 +270,10 @@ class Recorder(Callback):
             group = learn.opt.param_groups[-1]
             mom_key = self._mom_key
             mom = group[mom_key] if mom_key is not None else None
-            self._pending.append((loss, bs, group["lr"], mom))
+            pending = self._pending
+            pending.append((loss, bs, group["lr"], mom))
+            if len(pending) >= FLUSH_EVERY:
+                self._flush()
             if self._train_mets:
                 for m in self._train_mets:
                     m.accumulate(learn)
@@ -232,18 +286,18 @@ class Recorder(Callback):
         if not self._fitting:
             return
         self._flush()
-        start = self._train_start
-        losses, bs = self.losses[start:], self._batch_bs[start:]
-        total = sum(bs)
-        self._row["train_loss"] = (
-            sum(v * b for v, b in zip(losses, bs)) / total if total else float("nan")
-        )
+        total = self._epoch_count
+        # fastai: the smoothed loss at the end of the epoch; Keras's `loss` is the epoch mean.
+        self._row["train_loss"] = self._smooth[-1] if total else float("nan")
+        self._train_mean = self._epoch_sum / total if total else float("nan")
         for m in self._train_mets:
             self._row[f"train_{m.name}"] = _to_float(m.value)
         self._counts.update(
-            dict.fromkeys(["train_loss"] + [f"train_{m.name}" for m in self._train_mets], total)
+            dict.fromkeys(
+                ["train_loss", _MEAN_LOSS] + [f"train_{m.name}" for m in self._train_mets], total
+            )
         )
-        self.iters.append(len(self.losses))
+        self.iters.append(len(self._raw))
         if self.learn.dls.valid is None:
             self._finish_epoch()
 
@@ -263,10 +317,11 @@ class Recorder(Callback):
         # An evaluation a callback runs inside the fit (validate(), Keras' evaluate()) is not
         # the epoch's validation phase.
         if self._fitting and not self._epoch_done and not self.learn.evaluating:
-            self._row.update(vals)
-            self._counts.update(dict.fromkeys(vals, sum(self._valid_loss.counts)))
+            cols = {k: k if k == "valid_loss" else self._valid_name(k) for k in vals}
+            self._row.update({cols[k]: v for k, v in vals.items()})
+            self._counts.update(dict.fromkeys(cols.values(), self._valid_loss.n_samples))
             self._finish_epoch()
-            self.last_validation = {k: self._row[k] for k in vals}  # reduced across ranks
+            self.last_validation = {k: self._row[cols[k]] for k in vals}  # reduced across ranks
 
     def after_epoch(self) -> None:
         if not self._epoch_done:
@@ -282,19 +337,35 @@ class Recorder(Callback):
         for n in self.metric_names:
             if n not in row and n != "time":
                 row[n] = float("nan")
+        mean = self._train_mean
         if self.reduce_fn is not None:
             # One collective per epoch; a value without a count (resumed mid-epoch) weighs 1.
-            names = self.recorded_names()
-            row.update(self.reduce_fn({n: (row[n], self._counts.get(n, 1)) for n in names}))
+            counts = self._counts
+            pairs = {n: (row[n], counts.get(n, 1)) for n in self.recorded_names()}
+            pairs[_MEAN_LOSS] = (mean, counts.get(_MEAN_LOSS, 1))
+            reduced = self.reduce_fn(pairs)
+            mean = reduced.pop(_MEAN_LOSS)
+            row.update(reduced)
         if self.add_time:
             row["time"] = format_time(time.perf_counter() - self._t0)
         self.rows.append(dict(row))
         self.log = {n: row[n] for n in self.metric_names}
-        self.values.append([row[n] for n in self.recorded_names()])
-        self.metrics = [row[m.name] for m in self.learn.metrics if m.name in row]
+        names = self.recorded_names()
+        if self._valid_cancelled:
+            # fastai: an epoch whose validation was cancelled (the LR finder's) records only
+            # its training values; the table and `rows` keep every column.
+            names = [n for n in names if n == "train_loss" or n.startswith("train_")]
+        self.values.append([row[n] for n in names])
+        self.metrics = self._metric_values(row)
         self.logs = {keras_name(n): row[n] for n in self.recorded_names()}
+        self.logs["loss"] = mean  # Keras: the epoch mean, not fastai's smoothed train_loss
         self.history.append(row["epoch"], self.logs)
         self.learn.logger(self._line([row[n] for n in self.metric_names]))
+
+    def _metric_values(self, row: dict) -> list[float]:
+        # fastai's recorder.metrics: the validation value of each metric.
+        names = [self._valid_name(m.name) for m in self.learn.metrics]
+        return [row[n] for n in names if n in row]
 
     def _line(self, items: list) -> str:
         widths = [max(len(n), 9) for n in self.metric_names]
@@ -303,19 +374,18 @@ class Recorder(Callback):
     # ---- per-batch values, read lazily ------------------------------------------------------
 
     @property
-    def hps(self) -> dict[str, list[float]]:
+    def hps(self) -> dict[str, FloatSeries]:
         """Per training batch: `lr` and `mom` of the last parameter group (and what a
         ParamScheduler adds, such as `wd`)."""
         self._move_hps()
         return self._hps
 
     def _move_hps(self) -> None:
-        # Copy bs, lr and mom out of the pending records; the losses stay on the device.
+        # Copy lr and mom out of the pending records; the losses stay on the device.
         pending, start = self._pending, self._moved
         if start == len(pending):
             return
-        _, bs, lr, mom = zip(*(pending[start:] if start else pending))
-        self._batch_bs.extend(bs)
+        _, _, lr, mom = zip(*(pending[start:] if start else pending))
         self._hps["lr"].extend(lr)
         moms = self._hps.get("mom") if self._mom_key is not None else None
         if moms is not None:
@@ -323,51 +393,64 @@ class Recorder(Callback):
         self._moved = len(pending)
 
     def _flush(self) -> None:
-        # One host-device transfer for all losses recorded since the last read.
+        # One host-device transfer for all losses recorded since the last read (at most
+        # FLUSH_EVERY); the smoothing and the epoch's sums run on the host on the values read.
         if not self._pending:
             return
         self._move_hps()
         pending, self._pending, self._moved = self._pending, [], 0
-        vals = stack_scalars([p[0] for p in pending]).float()
-        self.losses.extend(vals.tolist())
+        vals = stack_scalars([p[0] for p in pending]).float().tolist()
+        self._raw.extend(vals)
+        beta, ema, n = self.beta, self._ema, len(self._smooth)
+        total, count = self._epoch_sum, self._epoch_count
+        smooth = []
+        for v, p in zip(vals, pending):
+            n += 1
+            ema = beta * ema + (1 - beta) * v
+            smooth.append(ema / (1 - beta**n))
+            total += v * p[1]
+            count += p[1]
+        self._smooth.extend(smooth)
+        self._ema, self._epoch_sum, self._epoch_count = ema, total, count
 
     @property
-    def smooth_losses(self) -> list[float]:
-        """The bias-corrected moving average of the loss at each training batch."""
+    def losses(self) -> FloatSeries:
+        """The smoothed training loss at each training batch so far (fastai's
+        `recorder.losses`): length k at the k-th `after_batch` for callbacks that run after the
+        Recorder. Reading it reads the losses still on the device (one transfer)."""
         self._flush()
-        smooth, losses = self._smooth, self.losses
-        if len(smooth) < len(losses):
-            # Computed on first read (a bar redraw, a plot), not per epoch: a fit that nobody
-            # reads them from does not pay for them.
-            beta, ema = self.beta, self._ema
-            n = len(smooth)
-            for v in losses[n:]:
-                n += 1
-                ema = beta * ema + (1 - beta) * v
-                smooth.append(ema / (1 - beta**n))
-            self._ema = ema
-        return smooth
+        return self._smooth
+
+    @property
+    def smooth_losses(self) -> FloatSeries:
+        """The bias-corrected moving average of the loss at each training batch (`losses`)."""
+        return self.losses
+
+    @property
+    def raw_losses(self) -> FloatSeries:
+        """The loss of each training batch so far, as computed (not smoothed)."""
+        self._flush()
+        return self._raw
 
     @property
     def n_losses(self) -> int:
         """Training batches recorded so far, without reading their losses from the device."""
-        return len(self.losses) + len(self._pending)
+        return len(self._raw) + len(self._pending)
 
     @property
     def smooth_loss(self) -> float:
         """The current smoothed training loss (reads pending losses from the device)."""
-        smooth = self.smooth_losses
+        smooth = self.losses
         return smooth[-1] if smooth else float("nan")
 
     @property
-    def lrs(self) -> list[float]:
+    def lrs(self) -> FloatSeries:
         """Learning rate of the last parameter group at each training batch."""
         return self.hps["lr"]
 
-    def all_losses(self) -> list[float]:
-        """Every training batch's raw loss so far."""
-        self._flush()
-        return self.losses
+    def all_losses(self) -> FloatSeries:
+        """Every training batch's raw loss so far (`raw_losses`)."""
+        return self.raw_losses
 
     # ---- plots -----------------------------------------------------------------------------
 
@@ -375,13 +458,13 @@ class Recorder(Callback):
         self, skip_start: int = 5, with_valid: bool = True, fname: str | Path | None = None
     ) -> Any:
         """Plot training (raw and smoothed) and validation losses; save a PNG if `fname`."""
-        self._flush()
+        raw, smooth = self.raw_losses, self.losses
         fig = plots.figure_class()(figsize=(6, 4))
         ax = fig.add_subplot()
-        skip = min(skip_start, max(len(self.losses) - 1, 0))
-        xs = list(range(skip, len(self.losses)))
-        ax.plot(xs, self.losses[skip:], alpha=0.3, label="train (raw)")
-        ax.plot(xs, self.smooth_losses[skip:], label="train (smoothed)")
+        skip = min(skip_start, max(len(raw) - 1, 0))
+        xs = list(range(skip, len(raw)))
+        ax.plot(xs, raw[skip:], alpha=0.3, label="train (raw)")
+        ax.plot(xs, smooth[skip:], label="train (smoothed)")
         valid = [r.get("valid_loss") for r in self.rows]
         if with_valid and self.iters and any(v is not None for v in valid):
             ax.plot(self.iters[: len(valid)], valid, marker="o", label="valid")
@@ -428,13 +511,12 @@ class Recorder(Callback):
     # ---- resume ----------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        smooth = list(self.smooth_losses)  # first: it reads pending losses and brings _ema up
+        raw = _as_tensor(self.raw_losses)  # first: it reads the losses still on the device
         return {
-            "losses": list(self.losses),
-            "smooth_losses": smooth,
+            "raw_losses": raw,
+            "smooth_losses": _as_tensor(self._smooth),
             "ema": self._ema,
-            "batch_bs": list(self._batch_bs),
-            "hps": {k: list(v) for k, v in self.hps.items()},
+            "hps": {k: _as_tensor(v) for k, v in self.hps.items()},
             "rows": [dict(r) for r in self.rows],
             "iters": list(self.iters),
             "history": {
@@ -453,17 +535,20 @@ class Recorder(Callback):
         return {
             "row": dict(self._row),
             "done": self._epoch_done,
-            "train_start": self._train_start,
+            "loss_sum": self._epoch_sum,
+            "loss_count": self._epoch_count,
+            "train_mean": self._train_mean,
             "elapsed": time.perf_counter() - self._t0,
             "train_mets": [_metric_state(m) for m in self._train_mets],
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.losses = list(state["losses"])
-        self._smooth = list(state["smooth_losses"])
+        self._raw = FloatSeries(state["raw_losses"])
+        self._smooth = FloatSeries(state["smooth_losses"])
         self._ema = state["ema"]
-        self._batch_bs = list(state["batch_bs"])
-        self._hps = {k: list(v) for k, v in state["hps"].items()}
+        self._hps = SeriesDict()
+        for k, v in state["hps"].items():
+            self._hps[k] = FloatSeries(v)
         self._pending, self._moved = [], 0
         self.rows = [dict(r) for r in state["rows"]]
         self.iters = list(state["iters"])
@@ -477,17 +562,46 @@ class Recorder(Callback):
             last = self.rows[-1]
             self.log = {n: last[n] for n in self.metric_names if n in last}
             self.logs = {keras_name(n): last[n] for n in names if n in last}
-            self.metrics = [last[m.name] for m in self.learn.metrics if m.name in last]
+            if self.history.history.get("loss"):
+                self.logs["loss"] = self.history.history["loss"][-1]  # the epoch mean
+            self.metrics = self._metric_values(last)
         self.last_validation = dict(state.get("last_validation", {}))
         epoch = state.get("epoch_in_progress")
         if epoch is not None and self._fitting:
             # The time column counts the time spent on this epoch before the backup too.
             self._row, self._epoch_done = dict(epoch["row"]), epoch["done"]
-            self._train_start = epoch["train_start"]
+            self._epoch_sum, self._epoch_count = epoch["loss_sum"], epoch["loss_count"]
+            self._train_mean = epoch["train_mean"]
             self._t0 = time.perf_counter() - epoch["elapsed"]
             for m, saved in zip(self._train_mets, epoch["train_mets"]):
                 if saved is not None:
                     m.load_state_dict(saved)
+
+    def migrate_state_dict(self, state: dict, version: int) -> dict:
+        """Version 1 kept the raw losses under "losses" and the size of every batch."""
+        if version != 1:
+            return super().migrate_state_dict(state, version)
+        state = dict(state)
+        raw, sizes = list(state.pop("losses")), list(state.pop("batch_bs"))
+        state["raw_losses"] = raw
+        epoch = state.get("epoch_in_progress")
+        if epoch is not None:
+            epoch = dict(epoch)
+            start = epoch.pop("train_start")
+            epoch["loss_sum"] = sum(v * b for v, b in zip(raw[start:], sizes[start:]))
+            epoch["loss_count"] = sum(sizes[start:])
+            row = epoch["row"] = dict(epoch["row"])
+            # Version 1's train_loss was the epoch mean; the row now holds the smoothed loss.
+            epoch["train_mean"] = row.get("train_loss", math.nan)
+            if "train_loss" in row and state["smooth_losses"]:
+                row["train_loss"] = state["smooth_losses"][-1]
+            state["epoch_in_progress"] = epoch
+        return state
+
+
+def _as_tensor(values: FloatSeries) -> torch.Tensor:
+    # float64, so a checkpoint keeps every value bit for bit in 8 bytes.
+    return torch.from_numpy(np.asarray(values, dtype=np.float64))
 
 
 def _metric_state(m: Any) -> dict | None:
