@@ -13,6 +13,7 @@ from ..callback import Callback
 from ..hyper import get_hyper, set_hyper
 from ..learner import Learner
 from ..metrics import higher_is_better
+from .tracker import resolve_monitor
 
 
 def log_learning_rate(learn: Learner) -> None:
@@ -178,7 +179,7 @@ class ReduceLROnPlateau(Callback):
 
     def before_fit(self) -> None:
         recorder = self.learn.recorder
-        self._name = recorder.resolve(self.monitor)
+        self._name = resolve_monitor(self.learn, self.monitor)
         if self.mode == "auto":
             self._higher = higher_is_better(self._name, recorder.metric_object(self._name))
         else:

@@ -18,6 +18,7 @@ from ..data import find_bs
 from ..events import EVENTS, KERAS_HOOKS
 from ..learner import Learner
 from . import compat
+from .tracker import resolve_monitor
 
 
 def _format_value(v: Any) -> str:
@@ -270,8 +271,7 @@ class BaseLogger(Callback):
         self._last: Any = None
 
     def before_fit(self) -> None:
-        rec = self.learn.recorder
-        self._stateful = {rec.resolve(n) for n in self.stateful_metrics}
+        self._stateful = {resolve_monitor(self.learn, n) for n in self.stateful_metrics}
         self.logs, self.history = {}, []
 
     def before_epoch(self) -> None:
