@@ -61,6 +61,7 @@ class LearningRateScheduler(Callback):
     """
 
     order = -5  # log learning_rate before other after_epoch handlers read the logs
+    logs_learning_rate = True  # Keras-style CSVLogger gives learning_rate a column
 
     def __init__(self, schedule: Callable[..., float], verbose: int = 0) -> None:
         if not callable(schedule):
@@ -133,6 +134,7 @@ class ReduceLROnPlateau(Callback):
     """
 
     order = -5  # log learning_rate before other after_epoch handlers read the logs
+    logs_learning_rate = True  # Keras-style CSVLogger gives learning_rate a column
 
     def __init__(
         self,
