@@ -524,7 +524,15 @@ def test_terminate_on_nan_stops_at_the_first_nan_batch_before_the_step():
     )
     torch.manual_seed(0)
     learn = hl.Learner(nn.Linear(4, 2), dls, nn.CrossEntropyLoss())
-    history = learn.fit(5, callbacks=[hl.TerminateOnNaN()])
-    assert history.epoch == []  # stopped inside the first epoch
-    assert learn.train_iter == 1  # one optimizer step, on the first batch
+    steps = []
+
+    class CountSteps(hl.Callback):
+        def after_step(self):
+            steps.append(self.learn.iter)
+
+    history = learn.fit(5, callbacks=[hl.TerminateOnNaN(), CountSteps()])
+    assert history.epoch == [0]  # Keras: the bad epoch is recorded, then training stops
+    assert math.isnan(history.history["loss"][0])
+    assert steps == [0]  # one optimizer step, on the first batch
+    assert learn.train_iter == 2  # the bad batch counts as a batch run (no step taken)
     assert torch.isfinite(learn.model.weight).all()
