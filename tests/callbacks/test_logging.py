@@ -301,11 +301,27 @@ def test_lambda_callback_takes_keras_positional_arguments_in_keras_order():
     assert epochs == [0, 1]
 
 
-def test_lambda_callback_unknown_name_lists_the_valid_names():
-    with pytest.raises(
-        ValueError, match=r"on_epoch_ends; valid names are .*after_epoch.*on_epoch_end"
-    ):
-        LambdaCallback(on_epoch_ends=lambda epoch, logs: None)
+def test_lambda_callback_keeps_other_keywords_as_attributes_like_keras():
+    # Keras's lambda_callback_test: LambdaCallback(custom_method=f) has cb.custom_method.
+    def custom_method():
+        return "custom_method_called"
+
+    cb = LambdaCallback(on_epoch_end=lambda epoch, logs: None, custom_method=custom_method)
+    assert cb.custom_method() == "custom_method_called"
+    assert LambdaCallback(patience_note=3).patience_note == 3  # any value, as Keras
+
+
+def test_lambda_callback_keeps_an_attribute_out_of_the_loop():
+    calls = []
+    cb = LambdaCallback(custom_method=lambda: calls.append("called"))
+    two_epochs(cbs=cb).fit(2)
+    assert calls == []
+
+
+def test_lambda_callback_warns_when_a_keyword_is_one_typo_from_a_hook_name():
+    with pytest.warns(UserWarning, match="'on_epoch_ends' is not a hook name.*'on_epoch_end'"):
+        cb = LambdaCallback(on_epoch_ends=lambda epoch, logs: None)
+    assert callable(cb.on_epoch_ends)  # kept, as Keras keeps it
 
 
 def test_lambda_callback_rejects_a_hook_that_is_not_callable():

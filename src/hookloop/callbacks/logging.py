@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import os
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -243,7 +245,9 @@ class LambdaCallback(Callback):
         on_epoch_begin, on_epoch_end, on_train_begin, on_train_end, on_train_batch_begin,
         on_train_batch_end: Keras' positional arguments, in Keras' order.
         **hooks: any other fastai event (`before_fit`, `after_batch`, ...) or Keras hook
-            (`on_batch_end`, `on_test_end`, `on_predict_batch_end`, ...).
+            (`on_batch_end`, `on_test_end`, `on_predict_batch_end`, ...). Any other keyword
+            is kept as an attribute, as Keras does (`LambdaCallback(custom_method=f)` gives
+            `cb.custom_method`); a name one typo away from a hook name warns.
     """
 
     def __init__(
@@ -256,12 +260,19 @@ class LambdaCallback(Callback):
         on_train_batch_end: Callable | None = None,
         **hooks: Callable,
     ) -> None:
-        unknown = sorted(set(hooks) - set(_VALID_LAMBDA_NAMES))
-        if unknown:
-            raise ValueError(
-                f"LambdaCallback got unknown hook name(s) {', '.join(unknown)}; valid names are "
-                f"{', '.join(_VALID_LAMBDA_NAMES)}"
-            )
+        extra = {k: v for k, v in hooks.items() if k not in _VALID_LAMBDA_NAMES}
+        for name, value in extra.items():
+            # Keras keeps any other keyword as an attribute (`custom_method=f`); a near miss of
+            # a hook name is most likely a typo that would silently never run.
+            close = difflib.get_close_matches(name, _VALID_LAMBDA_NAMES, n=1, cutoff=0.9)
+            if close:
+                warnings.warn(
+                    f"LambdaCallback: {name!r} is not a hook name (did you mean {close[0]!r}?); "
+                    f"it is kept as an attribute and never called by the loop",
+                    stacklevel=2,
+                )
+            object.__setattr__(self, name, value)
+            del hooks[name]
         named = {
             "on_epoch_begin": on_epoch_begin,
             "on_epoch_end": on_epoch_end,
