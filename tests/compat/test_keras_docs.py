@@ -536,3 +536,14 @@ def test_terminate_on_nan_stops_at_the_first_nan_batch_before_the_step():
     assert steps == [0]  # one optimizer step, on the first batch
     assert learn.train_iter == 2  # the bad batch counts as a batch run (no step taken)
     assert torch.isfinite(learn.model.weight).all()
+
+
+# ---- BackupAndRestore ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backup_dir", ["", None])
+def test_backup_and_restore_refuses_an_empty_backup_dir(backup_dir):
+    # Keras's backup_and_restore_test: ValueError "Empty `backup_dir` argument passed". An
+    # empty path would be the working directory, which a successful fit deletes.
+    with pytest.raises(ValueError, match="Empty `backup_dir` argument passed"):
+        hl.BackupAndRestore(backup_dir=backup_dir)
