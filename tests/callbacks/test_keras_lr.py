@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tracker_helpers import make_learner
 
 from conftest import tiny_learner
 from hookloop import Callback, LearningRateScheduler, ReduceLROnPlateau
@@ -118,6 +119,17 @@ def test_reduce_lr_on_plateau_patience_2_with_keras_monitor_name():
     learn.fit(7, cbs=ReduceLROnPlateau("val_score", factor=0.5, patience=2, min_delta=0))
     # Epoch 2 is worse, 3 a new best (resets), 4 and 5 worse: the second one reduces.
     assert learn.recorder.hps["lr"] == pytest.approx([0.1] * 6 + [0.05])
+
+
+def test_reduce_lr_on_plateau_monitors_a_training_metric_by_its_keras_key_with_no_validation_set():
+    # One training batch per epoch and no validation set; lr 0.1.
+    metric = Scripted(VALUES, name="mse")
+    learn = make_learner(
+        [metric], n_train=4, opt_func=torch.optim.SGD, valid=False, train_metrics=True
+    )
+    learn.fit(7, cbs=ReduceLROnPlateau("mse", factor=0.5, patience=1, min_delta=0))
+    # The same numbers as with the validation value: worse at epochs 2, 4 and 5.
+    assert learn.recorder.hps["lr"] == pytest.approx([0.1, 0.1, 0.1, 0.05, 0.05, 0.025, 0.0125])
 
 
 def test_reduce_lr_on_plateau_stops_at_min_lr():

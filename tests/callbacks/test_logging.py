@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from hookloop import (
     DataLoaders,
     LambdaCallback,
     Learner,
+    LearningRateScheduler,
     RemoteMonitor,
     TensorBoard,
     accuracy,
@@ -126,8 +128,87 @@ def test_keras_filename_keyword_and_separator(tmp_path):
     learn = two_epochs(path=tmp_path)
     learn.fit(1, cbs=CSVLogger(filename="log.tsv", separator="\t"))
     lines = (tmp_path / "log.tsv").read_text().splitlines()
-    assert lines[0] == "epoch\ttrain_loss\tvalid_loss\ttime"
-    assert lines[1].startswith("0\t2.0\t5.0\t")
+    assert lines == ["epoch\tloss\tval_loss", "0\t2.0\t5.0"]  # Keras's columns
+
+
+class Scripted:
+    """A metric (fastai protocol) whose value in epoch e is values[e], on either set."""
+
+    def __init__(self, values, name):
+        self.values, self.name, self.epoch = values, name, 0
+
+    def reset(self):
+        pass
+
+    def accumulate(self, learn):
+        self.epoch = learn.epoch
+
+    @property
+    def value(self):
+        return self.values[self.epoch]
+
+
+def test_csv_logger_called_the_keras_way_writes_epoch_and_the_sorted_keras_keys(tmp_path):
+    # Keras: CSVLogger(filename, separator=",", append=False); logs loss, mse, val_loss, val_mse.
+    learn = two_epochs(path=tmp_path, metrics=Scripted([0.5, 0.25], "mse"), train_metrics=True)
+    learn.fit(2, cbs=CSVLogger("training.log", separator=",", append=False))
+    lines = (tmp_path / "training.log").read_text().splitlines()
+    # train loss 2.0 then 3.0, valid loss 5.0 then 7.0; 0-based epochs; no time column.
+    assert lines == ["epoch,loss,mse,val_loss,val_mse", "0,2.0,0.5,5.0,0.5", "1,3.0,0.25,7.0,0.25"]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda learn: CSVLogger(),
+        lambda learn: CSVLogger(fname="history.csv"),
+        lambda learn: CSVLogger(Path("history.csv")),
+        lambda learn: CSVLogger(learn, filename="history"),  # fastai v1
+    ],
+    ids=["no-args", "fname", "path", "v1"],
+)
+def test_csv_logger_called_the_fastai_way_writes_the_recorders_columns(tmp_path, make):
+    learn = two_epochs(path=tmp_path)
+    learn.fit(1, cbs=make(learn))
+    lines = (tmp_path / "history.csv").read_text().splitlines()
+    assert lines[0] == "epoch,train_loss,valid_loss,time"
+
+
+def test_csv_logger_style_overrides_how_it_was_called(tmp_path):
+    two_epochs(path=tmp_path).fit(1, cbs=CSVLogger("a.csv", style="fastai"))
+    two_epochs(path=tmp_path).fit(1, cbs=CSVLogger(fname="b.csv", style="keras"))
+    assert (tmp_path / "a.csv").read_text().startswith("epoch,train_loss,valid_loss,time\n")
+    assert (tmp_path / "b.csv").read_text().startswith("epoch,loss,val_loss\n")
+
+
+def test_csv_logger_takes_keras_positional_order_filename_separator_append(tmp_path):
+    two_epochs(path=tmp_path).fit(1, cbs=CSVLogger("log.tsv", "\t"))
+    two_epochs(path=tmp_path).fit(1, cbs=CSVLogger("log.tsv", "\t", True))
+    lines = (tmp_path / "log.tsv").read_text().splitlines()
+    assert lines == ["epoch\tloss\tval_loss", "0\t2.0\t5.0", "0\t2.0\t5.0"]
+
+
+def test_keras_csv_logger_reused_with_append_writes_one_header(tmp_path):
+    # Keras's csv_logger_test: a second fit with the same append=True logger adds its rows.
+    logger = CSVLogger("log.csv", append=True)
+    learn = scripted_learner([1.0, 2.0] * 3, n_train=1, n_valid=1, path=tmp_path)
+    learn.fit(1, cbs=logger)
+    learn.fit(2, cbs=logger)
+    lines = (tmp_path / "log.csv").read_text().splitlines()
+    assert lines == ["epoch,loss,val_loss", "0,1.0,2.0", "0,1.0,2.0", "1,1.0,2.0"]
+
+
+def test_keras_csv_logger_has_a_learning_rate_column_with_a_keras_lr_callback(tmp_path):
+    learn = two_epochs(path=tmp_path)
+    learn.fit(1, cbs=[CSVLogger("log.csv"), LearningRateScheduler(lambda epoch: 0.5)])
+    lines = (tmp_path / "log.csv").read_text().splitlines()
+    assert lines == ["epoch,learning_rate,loss,val_loss", "0,0.5,2.0,5.0"]
+
+
+def test_keras_csv_logger_writes_nan_as_nan(tmp_path):
+    learn = scripted_learner([float("nan"), 2.0], n_train=1, n_valid=1, path=tmp_path)
+    learn.fit(1, cbs=CSVLogger("log.csv"))
+    assert (tmp_path / "log.csv").read_text().splitlines()[1] == "0,nan,2.0"
 
 
 @pytest.mark.parametrize(
@@ -137,6 +218,7 @@ def test_keras_filename_keyword_and_separator(tmp_path):
         ({"append": "yes"}, TypeError, "append must be a bool, got 'yes'"),
         ({"fname": 3}, TypeError, "fname must be a str or path, got int"),
         ({"fname": "a.csv", "filename": "b.csv"}, ValueError, "give the file name once"),
+        ({"style": "pandas"}, ValueError, "style must be one of 'fastai', 'keras', got 'pandas'"),
     ],
 )
 def test_csv_logger_rejects_bad_arguments(kwargs, error, match):
@@ -219,11 +301,27 @@ def test_lambda_callback_takes_keras_positional_arguments_in_keras_order():
     assert epochs == [0, 1]
 
 
-def test_lambda_callback_unknown_name_lists_the_valid_names():
-    with pytest.raises(
-        ValueError, match=r"on_epoch_ends; valid names are .*after_epoch.*on_epoch_end"
-    ):
-        LambdaCallback(on_epoch_ends=lambda epoch, logs: None)
+def test_lambda_callback_keeps_other_keywords_as_attributes_like_keras():
+    # Keras's lambda_callback_test: LambdaCallback(custom_method=f) has cb.custom_method.
+    def custom_method():
+        return "custom_method_called"
+
+    cb = LambdaCallback(on_epoch_end=lambda epoch, logs: None, custom_method=custom_method)
+    assert cb.custom_method() == "custom_method_called"
+    assert LambdaCallback(patience_note=3).patience_note == 3  # any value, as Keras
+
+
+def test_lambda_callback_keeps_an_attribute_out_of_the_loop():
+    calls = []
+    cb = LambdaCallback(custom_method=lambda: calls.append("called"))
+    two_epochs(cbs=cb).fit(2)
+    assert calls == []
+
+
+def test_lambda_callback_warns_when_a_keyword_is_one_typo_from_a_hook_name():
+    with pytest.warns(UserWarning, match="'on_epoch_ends' is not a hook name.*'on_epoch_end'"):
+        cb = LambdaCallback(on_epoch_ends=lambda epoch, logs: None)
+    assert callable(cb.on_epoch_ends)  # kept, as Keras keeps it
 
 
 def test_lambda_callback_rejects_a_hook_that_is_not_callable():

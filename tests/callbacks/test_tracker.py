@@ -117,6 +117,45 @@ def test_early_stopping_accepts_the_keras_name_of_the_monitor():
     assert epochs_run(learn) == 3
 
 
+def test_early_stopping_monitors_a_training_metric_by_its_keras_key_with_no_validation_set():
+    # Keras: compile(metrics=["mse"]), fit without validation data, EarlyStopping("mse").
+    learn = make_learner(metrics=Scripted([5, 4, 4.5, 3], "mse"), valid=False, train_metrics=True)
+    es = EarlyStopping(monitor="mse", patience=1)
+    learn.fit(4, cbs=es)
+    # 4.5 does not improve on 4: stops after epoch 2, as with a validation value.
+    assert es.monitor_name == "train_mse"
+    assert epochs_run(learn) == 3
+    assert learn.recorder.history.history["mse"] == [5.0, 4.0, 4.5]
+
+
+@pytest.mark.parametrize(
+    "tracker",
+    [
+        lambda: EarlyStopping(monitor="mse"),
+        lambda: SaveModel(monitor="mse"),
+        lambda: ModelCheckpoint("x.pth", monitor="mse"),
+    ],
+)
+def test_every_tracker_reads_a_keras_training_key_as_the_training_metric(
+    tracker, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # ModelCheckpoint paths are relative to the working directory
+    learn = make_learner(
+        metrics=Scripted([5], "mse"), valid=False, train_metrics=True, path=tmp_path
+    )
+    cb = tracker()
+    learn.fit(1, cbs=cb)
+    assert cb.monitor_name == "train_mse"
+
+
+def test_a_bare_metric_name_means_the_validation_value_when_both_are_recorded():
+    # hookloop follows fastai here: with a validation set, `mse` is its value (Keras: val_mse).
+    learn = make_learner(metrics=Scripted([5], "mse"), train_metrics=True)
+    es = EarlyStopping(monitor="mse")
+    learn.fit(1, cbs=es)
+    assert es.monitor_name == "mse"
+
+
 def test_early_stopping_callback_is_the_fastai_alias():
     assert EarlyStoppingCallback is EarlyStopping
     learn = make_learner(cbs=EarlyStoppingCallback(patience=3))

@@ -56,13 +56,23 @@ def _same(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def make_learner(metrics=None, n_train=8, bs=4, x_train=None, opt_func=torch.optim.AdamW, **kw):
-    """Linear(4, 2) on n_train/bs training batches and one validation batch; logs captured."""
+def make_learner(
+    metrics=None,
+    n_train=8,
+    bs=4,
+    x_train=None,
+    opt_func=torch.optim.AdamW,
+    valid=True,
+    **kw,
+):
+    """Linear(4, 2) on n_train/bs training batches and one validation batch (none with
+    valid=False); logs captured."""
     g = torch.Generator().manual_seed(0)
     xt = torch.randn(n_train, 4, generator=g) if x_train is None else x_train
     yt = torch.randint(0, 2, (len(xt),), generator=g)
     xv, yv = torch.randn(4, 4, generator=g), torch.randint(0, 2, (4,), generator=g)
-    dls = DataLoaders.from_tensors(xt, yt, valid=(xv, yv), bs=bs, shuffle=False)
+    valid_set = (xv, yv) if valid else None
+    dls = DataLoaders.from_tensors(xt, yt, valid=valid_set, valid_pct=None, bs=bs, shuffle=False)
     torch.manual_seed(0)
     learn = Learner(
         nn.Linear(4, 2),

@@ -33,6 +33,14 @@ def classifier(**kwargs) -> hl.Learner:
     )
 
 
+def regression_dls() -> hl.DataLoaders:
+    """48 training and 16 validation rows of y = x @ w, in batches of 16."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4, generator=g)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
+    return hl.DataLoaders.from_tensors(x, y, valid_pct=0.25, bs=16, seed=0)
+
+
 def keras_doc_learner() -> hl.Learner:
     """The Keras docs' toy problem: Dense(10) on np.arange(100).reshape(5, 20), targets 0, SGD,
     mse, batch_size=1, no validation data."""
@@ -102,10 +110,10 @@ def test_csv_logger_writes_training_log_with_one_row_per_epoch(tmp_path):
     learn = classifier()
     history = learn.fit(3, callbacks=[csv_logger])
     lines = (tmp_path / "training.log").read_text().splitlines()
-    assert lines[0] == "epoch,train_loss,valid_loss,accuracy,time"
+    assert lines[0] == "epoch,loss,val_accuracy,val_loss"  # Keras: epoch, sorted log keys
     rows = [line.split(",") for line in lines[1:]]
     assert [int(r[0]) for r in rows] == [0, 1, 2]
-    assert [float(r[2]) for r in rows] == pytest.approx(history.history["val_loss"])
+    assert [float(r[3]) for r in rows] == pytest.approx(history.history["val_loss"])
 
 
 def test_csv_logger_keras_keywords_separator_and_append(tmp_path):
@@ -113,8 +121,28 @@ def test_csv_logger_keras_keywords_separator_and_append(tmp_path):
     learn.fit(1, callbacks=[hl.CSVLogger(filename="log.tsv", separator="\t", append=True)])
     learn.fit(1, callbacks=[hl.CSVLogger(filename="log.tsv", separator="\t", append=True)])
     lines = (tmp_path / "log.tsv").read_text().splitlines()
-    assert lines[0].split("\t")[:2] == ["epoch", "train_loss"]
+    assert lines[0].split("\t")[:2] == ["epoch", "loss"]
     assert len(lines) == 3  # one header, one row per fit
+
+
+def test_csv_logger_as_keras_tests_it_four_separators_per_line_and_one_header(tmp_path):
+    # keras/src/callbacks/csv_logger_test.py: metrics=["mse"] with validation data logs
+    # epoch, loss, mse, val_loss, val_mse; append=True and a reused logger add rows only.
+    def make():
+        torch.manual_seed(0)
+        return hl.Learner(
+            nn.Linear(4, 1), regression_dls(), nn.MSELoss(), metrics=hl.mse, train_metrics=True
+        )
+
+    make().fit(1, callbacks=[hl.CSVLogger("log.tsv", separator="\t")])
+    cbks = [hl.CSVLogger("log.tsv", separator="\t", append=True)]
+    learn = make()
+    learn.fit(1, callbacks=cbks)
+    learn.fit(2, callbacks=cbks)
+    lines = (tmp_path / "log.tsv").read_text().splitlines()
+    assert lines[0] == "epoch\tloss\tmse\tval_loss\tval_mse"
+    assert [line.count("\t") for line in lines] == [4] * 5
+    assert [line.split("\t")[0] for line in lines[1:]] == ["0", "0", "0", "1"]
 
 
 # ---- Callback: the Keras guide's CustomCallback ------------------------------------------------
@@ -496,7 +524,26 @@ def test_terminate_on_nan_stops_at_the_first_nan_batch_before_the_step():
     )
     torch.manual_seed(0)
     learn = hl.Learner(nn.Linear(4, 2), dls, nn.CrossEntropyLoss())
-    history = learn.fit(5, callbacks=[hl.TerminateOnNaN()])
-    assert history.epoch == []  # stopped inside the first epoch
-    assert learn.train_iter == 1  # one optimizer step, on the first batch
+    steps = []
+
+    class CountSteps(hl.Callback):
+        def after_step(self):
+            steps.append(self.learn.iter)
+
+    history = learn.fit(5, callbacks=[hl.TerminateOnNaN(), CountSteps()])
+    assert history.epoch == [0]  # Keras: the bad epoch is recorded, then training stops
+    assert math.isnan(history.history["loss"][0])
+    assert steps == [0]  # one optimizer step, on the first batch
+    assert learn.train_iter == 2  # the bad batch counts as a batch run (no step taken)
     assert torch.isfinite(learn.model.weight).all()
+
+
+# ---- BackupAndRestore ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backup_dir", ["", None])
+def test_backup_and_restore_refuses_an_empty_backup_dir(backup_dir):
+    # Keras's backup_and_restore_test: ValueError "Empty `backup_dir` argument passed". An
+    # empty path would be the working directory, which a successful fit deletes.
+    with pytest.raises(ValueError, match="Empty `backup_dir` argument passed"):
+        hl.BackupAndRestore(backup_dir=backup_dir)

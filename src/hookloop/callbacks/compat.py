@@ -96,7 +96,7 @@ def csv_logger(
     path = Path(check_path("filename", filename))
     if path.suffix == "":
         path = path.with_suffix(".csv")
-    return cls(path, append=append, **kwargs)
+    return cls(fname=path, append=append, **kwargs)
 
 
 __all__ = ["LearnerFirst", "early_stopping", "save_model", "csv_logger"]

@@ -13,6 +13,7 @@ from ..callback import Callback
 from ..hyper import get_hyper, set_hyper
 from ..learner import Learner
 from ..metrics import higher_is_better
+from .tracker import resolve_monitor
 
 
 def log_learning_rate(learn: Learner) -> None:
@@ -60,6 +61,7 @@ class LearningRateScheduler(Callback):
     """
 
     order = -5  # log learning_rate before other after_epoch handlers read the logs
+    logs_learning_rate = True  # Keras-style CSVLogger gives learning_rate a column
 
     def __init__(self, schedule: Callable[..., float], verbose: int = 0) -> None:
         if not callable(schedule):
@@ -132,6 +134,7 @@ class ReduceLROnPlateau(Callback):
     """
 
     order = -5  # log learning_rate before other after_epoch handlers read the logs
+    logs_learning_rate = True  # Keras-style CSVLogger gives learning_rate a column
 
     def __init__(
         self,
@@ -178,7 +181,7 @@ class ReduceLROnPlateau(Callback):
 
     def before_fit(self) -> None:
         recorder = self.learn.recorder
-        self._name = recorder.resolve(self.monitor)
+        self._name = resolve_monitor(self.learn, self.monitor)
         if self.mode == "auto":
             self._higher = higher_is_better(self._name, recorder.metric_object(self._name))
         else:

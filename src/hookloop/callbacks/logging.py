@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import os
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .._check import check_path
+from .._check import check_choice, check_path
+from .._util import keras_name
 from ..callback import Callback
 from ..checkpoint import atomic_write_bytes
 from ..data import find_bs
 from ..events import EVENTS, KERAS_HOOKS
 from ..learner import Learner
 from . import compat
+from .tracker import resolve_monitor
+
+_STYLES = ("fastai", "keras")
 
 
 def _format_value(v: Any) -> str:
@@ -28,22 +34,36 @@ def _format_value(v: Any) -> str:
 
 
 class CSVLogger(Callback, metaclass=compat.LearnerFirst):
-    """Writes one row per epoch (losses, metrics, time) to a CSV file, flushed every epoch.
+    """Writes one row per epoch (losses, metrics) to a CSV file, flushed every epoch.
 
-    Columns are the Recorder's fastai names: `epoch` (0-based), `train_loss`, `valid_loss`,
-    the metrics, `time`. The file lives at `learn.path / fname` (fastai), and a killed run loses
-    at most the current epoch. The Keras keyword `filename=` is accepted too; fastai v1's call
-    `CSVLogger(learn, filename='history')` (built by `compat.csv_logger`) writes `history.csv`.
+    The file lives at `learn.path / fname`, and a killed run loses at most the current epoch.
+    It comes in the two libraries' layouts (`style`), chosen by default from how the logger
+    was called:
+
+    - fastai's (`CSVLogger()`, `CSVLogger(fname=...)`, a `pathlib.Path` file name, fastai v1's
+      `CSVLogger(learn, filename='history')` which writes `history.csv`): the Recorder's
+      columns `epoch,train_loss,valid_loss,<metrics>,time`, header written when the fit starts.
+    - Keras's (`CSVLogger('training.log')` with a str file name, `CSVLogger(filename=...)`,
+      and Keras's positional order `CSVLogger(filename, separator, append)`): `epoch` then the
+      epoch's Keras `logs` keys sorted (`epoch,loss,mse,val_loss,val_mse`; `learning_rate` too
+      when `LearningRateScheduler` or `ReduceLROnPlateau` logs it), no time column.
+
+    The header is written when the fit starts (Keras writes it with the first row).
+
+    `epoch` is 0-based in both. `append=True` onto a file with other columns is an error.
 
     Example:
-        learn.fit(3, cbs=CSVLogger("history.csv"))
+        learn.fit(3, cbs=CSVLogger())                      # history.csv, fastai's columns
+        learn.fit(3, cbs=CSVLogger("training.log"))        # Keras's columns
         learn.csv_logger.read_log()   # pandas DataFrame, or a list of dicts without pandas
 
     Args:
-        fname: file name, relative to `learn.path` unless absolute.
+        file: the file name given positionally (a str is Keras's call, a Path fastai's).
         append: continue an existing file (no second header) instead of overwriting it.
         separator: the column separator, one character.
-        filename: Keras (and fastai v1) spelling of `fname`.
+        fname: fastai's keyword for the file name, relative to `learn.path` unless absolute.
+        filename: Keras's keyword for the file name.
+        style: "fastai" or "keras" (the columns above); None follows the call.
     """
 
     # After the Recorder (order 50), so an epoch cancelled before validation is complete here too.
@@ -54,24 +74,40 @@ class CSVLogger(Callback, metaclass=compat.LearnerFirst):
 
     def __init__(
         self,
-        fname: str | os.PathLike | None = None,
+        file: str | os.PathLike | None = None,
+        /,
         append: bool = False,
         separator: str = ",",
+        *,
+        fname: str | os.PathLike | None = None,
         filename: str | os.PathLike | None = None,
+        style: str | None = None,
     ) -> None:
-        if fname is not None and filename is not None:
-            raise ValueError(
-                f"give the file name once: fname={fname!r} or filename={filename!r}, not both"
-            )
-        name = fname if fname is not None else filename
-        name = Path(check_path("fname", "history.csv" if name is None else name))
+        given = {k: v for k, v in (("file", file), ("fname", fname), ("filename", filename))}
+        given = {k: v for k, v in given.items() if v is not None}
+        if len(given) > 1:
+            shown = " or ".join(f"{k}={v!r}" for k, v in given.items())
+            raise ValueError(f"give the file name once: {shown}, not both")
+        if isinstance(append, str) and len(append) == 1:
+            # Keras's positional order (filename, separator, append): a separator came second.
+            if separator != "," and not isinstance(separator, bool):
+                raise ValueError(f"separator given twice: {append!r} and {separator!r}")
+            append, separator = (separator if isinstance(separator, bool) else False), append
+        name = Path(check_path("fname", next(iter(given.values()), "history.csv")))
         if not isinstance(append, bool):
             raise TypeError(f"append must be a bool, got {append!r}")
         if not isinstance(separator, str) or len(separator) != 1:
             raise ValueError(f"separator must be one character, got {separator!r}")
+        if style is None:
+            keras_call = filename is not None or isinstance(file, str)
+            style = "keras" if keras_call else "fastai"
+        check_choice("style", style, _STYLES, owner="CSVLogger")
         self.fname = name
         self.append = append
         self.separator = separator
+        self.style = style
+        # Keras's attribute: the logged keys after `epoch`, known from the first row on.
+        self.keys: list[str] | None = None
         self.file: Any = None
         self._file_path: Path | None = None
         self._lines: list[str] = []  # the file's content, one entry per line (header first)
@@ -100,7 +136,7 @@ class CSVLogger(Callback, metaclass=compat.LearnerFirst):
 
     def before_fit(self) -> None:
         path = self._file_path = self.log_path
-        header = self._line(self.learn.recorder.metric_names)
+        header = self._line(self._columns())
         if self._restored:
             self._restored = False
         elif self.append and path.exists() and path.stat().st_size > 0:
@@ -114,11 +150,27 @@ class CSVLogger(Callback, metaclass=compat.LearnerFirst):
             self._lines = [header]
         self._rewrite()
 
-    def after_epoch(self) -> None:
-        if not self.learn.recorder.epoch_recorded():
-            return
+    def _columns(self) -> list[str]:
         rec = self.learn.recorder
-        line = self._line(rec.log[n] for n in rec.metric_names)
+        if self.style == "fastai":
+            self.keys = None
+            return rec.metric_names
+        # Keras: epoch, then the epoch logs' keys sorted; Keras 3's lr callbacks add theirs.
+        keys = [keras_name(n) for n in rec.recorded_names()]
+        if any(getattr(type(cb), "logs_learning_rate", False) for cb in self.learn.cbs):
+            keys.append("learning_rate")
+        self.keys = sorted(keys)
+        return ["epoch", *self.keys]
+
+    def after_epoch(self) -> None:
+        rec = self.learn.recorder
+        if not rec.epoch_recorded():
+            return
+        if self.keys is None:
+            line = self._line(rec.log[n] for n in rec.metric_names)
+        else:  # Keras writes NA for a key the epoch's logs lack
+            logs = rec.keras_logs()
+            line = self._line([self.learn.epoch, *(logs.get(k, "NA") for k in self.keys)])
         self._lines.append(line)
         self.file.write(line + "\n")
         self.file.flush()
@@ -193,7 +245,9 @@ class LambdaCallback(Callback):
         on_epoch_begin, on_epoch_end, on_train_begin, on_train_end, on_train_batch_begin,
         on_train_batch_end: Keras' positional arguments, in Keras' order.
         **hooks: any other fastai event (`before_fit`, `after_batch`, ...) or Keras hook
-            (`on_batch_end`, `on_test_end`, `on_predict_batch_end`, ...).
+            (`on_batch_end`, `on_test_end`, `on_predict_batch_end`, ...). Any other keyword
+            is kept as an attribute, as Keras does (`LambdaCallback(custom_method=f)` gives
+            `cb.custom_method`); a name one typo away from a hook name warns.
     """
 
     def __init__(
@@ -206,12 +260,19 @@ class LambdaCallback(Callback):
         on_train_batch_end: Callable | None = None,
         **hooks: Callable,
     ) -> None:
-        unknown = sorted(set(hooks) - set(_VALID_LAMBDA_NAMES))
-        if unknown:
-            raise ValueError(
-                f"LambdaCallback got unknown hook name(s) {', '.join(unknown)}; valid names are "
-                f"{', '.join(_VALID_LAMBDA_NAMES)}"
-            )
+        extra = {k: v for k, v in hooks.items() if k not in _VALID_LAMBDA_NAMES}
+        for name, value in extra.items():
+            # Keras keeps any other keyword as an attribute (`custom_method=f`); a near miss of
+            # a hook name is most likely a typo that would silently never run.
+            close = difflib.get_close_matches(name, _VALID_LAMBDA_NAMES, n=1, cutoff=0.9)
+            if close:
+                warnings.warn(
+                    f"LambdaCallback: {name!r} is not a hook name (did you mean {close[0]!r}?); "
+                    f"it is kept as an attribute and never called by the loop",
+                    stacklevel=2,
+                )
+            object.__setattr__(self, name, value)
+            del hooks[name]
         named = {
             "on_epoch_begin": on_epoch_begin,
             "on_epoch_end": on_epoch_end,
@@ -270,8 +331,7 @@ class BaseLogger(Callback):
         self._last: Any = None
 
     def before_fit(self) -> None:
-        rec = self.learn.recorder
-        self._stateful = {rec.resolve(n) for n in self.stateful_metrics}
+        self._stateful = {resolve_monitor(self.learn, n) for n in self.stateful_metrics}
         self.logs, self.history = {}, []
 
     def before_epoch(self) -> None:

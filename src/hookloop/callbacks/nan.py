@@ -1,4 +1,4 @@
-"""TerminateOnNaN: stops the fit at the first non-finite training loss."""
+"""TerminateOnNaN: stops the fit after the epoch of the first non-finite training loss."""
 
 from __future__ import annotations
 
@@ -7,32 +7,37 @@ import torch
 from .._check import check_int
 from ..callback import Callback
 from ..distributed import is_distributed, is_rank_zero
-from ..events import CancelFitException
+from ..events import CancelBatchException, CancelFitException, CancelTrainException
 
 
 class TerminateOnNaN(Callback):
     """Stops the fit at the first non-finite (NaN or infinite) training loss.
 
+    As in Keras 3, the epoch in which the loss went bad still finishes: its training batches
+    end after the bad one, validation runs, and the epoch is recorded with its non-finite
+    loss (History, the logs, a CSVLogger row reading `nan`); then no further epoch starts.
+
     The training loss as recorded (`learn.loss`, unaffected by loss scaling) is checked after
     every `after_loss` handler has run, before backward. On the CPU (single process) each batch
-    is checked at once, which costs nothing: the fit stops before backward and step, so no
-    step is taken on the bad loss and the weights stay finite.
+    is checked at once, which costs nothing: the bad batch skips backward and step, so no step
+    is taken on the bad loss and the weights stay finite.
 
     On an accelerator (CUDA, MPS), or under torch.distributed, or with `check_every` set,
     reading a device value on the host each batch would stall the pipeline, so the check stays
     on the device: a non-finite loss sets a device flag and zeroes that batch's gradients
     there (`masked_fill_`, no sync). The optimizer still calls `step()` on the zeroed gradients
     (momentum and weight decay still act; the weights stay finite), and the flag is read once
-    at the end of each training epoch, or every `check_every` training batches, where the fit
-    stops (all ranks agree: the flag is reduced with MAX).
+    at the end of each training epoch, or every `check_every` training batches, where the
+    training batches stop (all ranks agree: the flag is reduced with MAX).
 
     Example:
         learn.fit(10, cbs=TerminateOnNaN())
         learn.fit(10, cbs=TerminateOnNaN(raise_error=True))   # RuntimeError instead
 
     Args:
-        raise_error: raise RuntimeError instead of ending the fit gracefully (Keras 3); the
-            fit's `after_fit` handlers then do not run, `after_exception` does.
+        raise_error: raise RuntimeError at once instead of ending the fit gracefully (Keras 3);
+            the epoch is not recorded, the fit's `after_fit` handlers do not run,
+            `after_exception` does.
         check_every: None: every batch on a single-process CPU run, once per training epoch
             otherwise. An int N: keep the flag on the device and read it every N training
             batches (and at each epoch's end), on any device.
@@ -59,6 +64,16 @@ class TerminateOnNaN(Callback):
         self.stopped_at = None
         self._reset()
 
+    def before_epoch(self) -> None:
+        # Keras: the epoch that saw the bad loss was recorded; no further epoch starts.
+        if self.stopped_at is not None:
+            raise CancelFitException()
+
+    def before_batch(self) -> None:
+        # The bad batch ran its after_batch (the Recorder has its loss); no batch follows it.
+        if self.stopped_at is not None and self.learn.training:
+            raise CancelTrainException()
+
     def before_backward(self) -> None:
         learn = self.learn
         loss = learn.loss if isinstance(learn.loss, torch.Tensor) else torch.as_tensor(learn.loss)
@@ -69,6 +84,7 @@ class TerminateOnNaN(Callback):
         if not self._on_device:
             if not bool(torch.isfinite(loss)):  # a CPU tensor: reading it is not a device sync
                 self._stop(learn.epoch, learn.iter, f"{float(loss)}")
+                raise CancelBatchException()  # no backward, no step on this loss
             return
         if self._first is None:
             self._first = torch.full((), -1, dtype=torch.long, device=loss.device)
@@ -106,7 +122,10 @@ class TerminateOnNaN(Callback):
             self._read()
 
     def _read(self) -> None:
-        # The one host-device sync: per epoch, or per `check_every` batches.
+        # The one host-device sync: per epoch, or per `check_every` batches. Every rank reads
+        # (the reduction is collective) until the flag is up, then none.
+        if self.stopped_at is not None:
+            return
         self._since_read = 0
         flag = (self._first >= 0).to(torch.int32)
         if is_distributed():
@@ -115,16 +134,16 @@ class TerminateOnNaN(Callback):
             code = int(self._first)
             if code < 0:  # another rank saw it
                 self._stop(self.learn.epoch, -1, "on another rank")
-            self._stop(code >> 32, code & 0xFFFFFFFF, "nan or inf")
+            else:
+                self._stop(code >> 32, code & 0xFFFFFFFF, "nan or inf")
 
     def _stop(self, epoch: int, batch: int, value: str) -> None:
         self.stopped_at = (epoch, batch)
         message = f"Epoch {epoch}, batch {batch}: non-finite training loss ({value}), stopping"
         if self.raise_error:
-            raise RuntimeError(message)
+            raise RuntimeError(f"{message} (NaN or Inf loss encountered)")
         if is_rank_zero():
             self.learn.logger(message)
-        raise CancelFitException()
 
 
 # fastai spelling.

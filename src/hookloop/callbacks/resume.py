@@ -195,6 +195,9 @@ class BackupAndRestore(_Restore):
             delete_on_success = delete_checkpoint
         if double_checkpoint is not None:
             keep = 2 if double_checkpoint else 1
+        if backup_dir is None or backup_dir == "":
+            # Keras's message; Path("") would be the working directory, deleted on success.
+            raise ValueError(f"Empty `backup_dir` argument passed: got {backup_dir!r}")
         if not isinstance(backup_dir, (str, os.PathLike)):
             raise TypeError(f"backup_dir must be a path, got {backup_dir!r}")
         if save_freq != "epoch":

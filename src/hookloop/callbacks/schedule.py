@@ -34,16 +34,20 @@ class ParamScheduler(Callback):
     """Sets optimizer hyper-parameters before every training batch from the fit's progress.
 
     Each schedule maps `pct_train` (0 at the first batch of the fit, 1 at its end) to a value
-    written to every parameter group; a schedule may also return one value per group. The
-    Recorder records `lr` and `mom` itself; other scheduled names (`wd`, `sqr_mom`, `eps`) are
-    appended to `learn.recorder.hps[name]` after every training batch.
+    written to every parameter group. For discriminative rates (fastai's `slice(lo, hi)`) a
+    schedule may return one value per group (a list, tuple, numpy array or tensor, as
+    `combined_cos(0.5, np.array([1e-4, 1e-3]), ...)` does), or the dict may hold a list of
+    schedules, one per group. The Recorder records `lr` and `mom` itself (the last group's
+    value, as fastai); other scheduled names (`wd`, `sqr_mom`, `eps`) are appended to
+    `learn.recorder.hps[name]` after every training batch.
 
     Example:
         learn.fit(3, cbs=ParamScheduler({'lr': SchedCos(1e-2, 1e-4), 'wd': SchedLin(0, 0.1)}))
 
     Args:
         scheds: hyper-parameter name (`lr`, `mom`, `sqr_mom`, `wd`, `eps`) -> a callable of
-            pos in [0, 1] (see `hookloop.schedules`).
+            pos in [0, 1] (see `hookloop.schedules`) returning one value or one per parameter
+            group, or a list of such callables, one per parameter group.
     """
 
     order = 55  # after the Recorder (50): its before_fit resets recorder.hps, which we extend
@@ -57,15 +61,18 @@ class ParamScheduler(Callback):
             )
         if not scheds:
             raise ValueError("ParamScheduler: scheds is empty; give at least one schedule")
+        self.scheds: dict[str, Callable[[float], Any]] = {}
         for name, sched in scheds.items():
             if name not in HYPER_NAMES:
                 raise ValueError(
                     f"ParamScheduler: unknown hyper-parameter {name!r}; names are "
                     f"{', '.join(HYPER_NAMES)}"
                 )
-            if not callable(sched):
+            if isinstance(sched, (list, tuple)) and sched and all(map(callable, sched)):
+                sched = PerGroup(sched)  # fastai: a list of schedules, one per group
+            elif not callable(sched):
                 raise TypeError(f"ParamScheduler: schedule for {name!r} is not callable: {sched!r}")
-        self.scheds = dict(scheds)
+            self.scheds[name] = sched
         self._items: list[tuple[str, Callable]] = list(self.scheds.items())
         self._record: list[str] = []
 
@@ -77,6 +84,16 @@ class ParamScheduler(Callback):
                 raise ValueError(
                     f"ParamScheduler: {type(opt).__name__} has no hyper-parameter {name!r}; "
                     f"it has: {', '.join(have)}"
+                )
+        n_groups = len(opt.param_groups)
+        for name, sched in self._items:
+            # Checked here, at pos 0, so a wrong length fails before the first batch.
+            value = _per_group(sched(0.0))
+            if isinstance(value, (list, tuple)) and len(value) != n_groups:
+                raise ValueError(
+                    f"ParamScheduler: the schedule for {name!r} returns {len(value)} values and "
+                    f"the optimizer has {n_groups} parameter groups; return one value, or one "
+                    "per group"
                 )
         if self.learn.total_iters is None:
             raise ValueError(
@@ -96,7 +113,10 @@ class ParamScheduler(Callback):
     def _update(self, pos: float) -> None:
         opt = self.learn.opt
         for name, sched in self._items:
-            set_hyper(opt, name, sched(pos))
+            value = sched(pos)
+            if type(value) is not float:  # the common case costs one type check
+                value = _per_group(value)
+            set_hyper(opt, name, value)
 
     def after_batch(self) -> None:
         if self._record:
@@ -106,6 +126,20 @@ class ParamScheduler(Callback):
 
     def __repr__(self) -> str:
         return f"ParamScheduler({list(self.scheds)})"
+
+
+def _per_group(value: Any) -> Any:
+    """A schedule's value as `set_hyper` takes it: a number, or a list with one per group.
+
+    numpy arrays and tensors (fastai's discriminative schedules compute on arrays) become
+    lists; a single-element sequence stands for every group, as fastai's `set_hyper` reads it.
+    """
+    to_list = getattr(value, "tolist", None)  # numpy arrays and scalars, tensors
+    if to_list is not None:
+        value = to_list()
+    if isinstance(value, (list, tuple)) and len(value) == 1:
+        return value[0]
+    return value
 
 
 # ---- fastai's fit variants: the schedules they run ---------------------------------------

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from .._check import check_choice, check_int, check_number
-from .._util import unwrap_model
+from .._util import keras_name, unwrap_model
 from ..callback import Callback
 from ..distributed import is_rank_zero
 from ..events import CancelFitException
@@ -23,6 +23,24 @@ _MODES = ("auto", "min", "max")
 def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     # Clones stay on the model's device: copying is asynchronous there, no host sync.
     return {k: v.detach().clone() for k, v in unwrap_model(model).state_dict().items()}
+
+
+def resolve_monitor(learn: Any, name: str) -> str:
+    """The canonical recorded name that a tracker's `monitor` (fastai or Keras spelling) means.
+
+    First the Recorder's rule (`val_loss` = `valid_loss`, a bare metric name or `val_<m>` is the
+    validation value); then any recorded value's Keras key: when no validation value has the
+    name, `mse` is the training `train_mse`, as in Keras. Unknown names raise the Recorder's
+    ValueError, which lists the recorded names in both spellings.
+    """
+    recorder = learn.recorder
+    try:
+        return recorder.resolve(name)
+    except ValueError:
+        by_keras = {keras_name(n): n for n in recorder.recorded_names()}
+        if name in by_keras:
+            return by_keras[name]
+        raise
 
 
 class TrackerCallback(Callback):
@@ -41,8 +59,9 @@ class TrackerCallback(Callback):
 
     Args:
         monitor: the value to watch, fastai or Keras spelling (`valid_loss` or `val_loss`,
-            `accuracy` or `val_accuracy`, `train_loss` or `loss`). An unknown name raises a
-            ValueError at the start of `fit`, listing the recorded names.
+            `accuracy` or `val_accuracy`, `train_loss` or `loss`; with no validation set, a
+            training metric's Keras key such as `mse`). An unknown name raises a ValueError at
+            the start of `fit`, listing the recorded names.
         comp: fastai's comparison, e.g. `np.less` or `operator.gt`; `comp(new, best)` true means
             better. None: decided by `mode`.
         min_delta: an improvement must beat the best by more than this (in the value's unit).
@@ -88,7 +107,7 @@ class TrackerCallback(Callback):
 
     def _resolve(self) -> None:
         recorder = self.learn.recorder
-        self.monitor_name = recorder.resolve(self.monitor)
+        self.monitor_name = resolve_monitor(self.learn, self.monitor)
         if self.comp is not None:
             self.lower_is_better = bool(self.comp(0.0, 1.0))
         elif self.mode != "auto":
@@ -266,4 +285,4 @@ class EarlyStopping(TrackerCallback, metaclass=compat.LearnerFirst):
 # fastai spelling.
 EarlyStoppingCallback = EarlyStopping
 
-__all__ = ["TrackerCallback", "EarlyStopping", "EarlyStoppingCallback"]
+__all__ = ["TrackerCallback", "EarlyStopping", "EarlyStoppingCallback", "resolve_monitor"]
