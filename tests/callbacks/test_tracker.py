@@ -153,7 +153,7 @@ def test_a_bare_metric_name_means_the_validation_value_when_both_are_recorded():
     learn = make_learner(metrics=Scripted([5], "mse"), train_metrics=True)
     es = EarlyStopping(monitor="mse")
     learn.fit(1, cbs=es)
-    assert es.monitor_name == "mse"
+    assert es.monitor_name == "valid_mse"  # the validation column (train_metrics=True names)
 
 
 def test_early_stopping_callback_is_the_fastai_alias():
