@@ -128,6 +128,17 @@ def test_early_stopping_monitors_a_training_metric_by_its_keras_key_with_no_vali
     assert learn.recorder.history.history["mse"] == [5.0, 4.0, 4.5]
 
 
+def test_with_no_validation_set_the_metrics_are_computed_on_the_training_data_as_keras():
+    # Keras's default: no validation data, metrics=["mse"], EarlyStopping("mse"); no
+    # train_metrics switch needed, since the metrics would otherwise be computed nowhere.
+    learn = make_learner(metrics=Scripted([5, 4, 4.5, 3], "mse"), valid=False)
+    es = EarlyStopping(monitor="mse", patience=1)
+    learn.fit(4, cbs=es)
+    assert es.monitor_name == "train_mse"
+    assert epochs_run(learn) == 3
+    assert learn.recorder.history.history["mse"] == [5.0, 4.0, 4.5]
+
+
 @pytest.mark.parametrize(
     "tracker",
     [

@@ -135,7 +135,7 @@ class Recorder(Callback):
         """Columns of the epoch table: epoch, train_loss, [train_<m>], valid_loss, <m>, time."""
         learn = self.learn
         names = ["epoch", "train_loss"]
-        if self.train_metrics:
+        if self._metrics_on_train():
             names += [f"train_{m.name}" for m in learn.metrics]
         if learn.dls.valid is not None:
             names += ["valid_loss"] + [self._valid_name(m.name) for m in learn.metrics]
@@ -154,6 +154,11 @@ class Recorder(Callback):
     @train_metrics.setter
     def train_metrics(self, value: bool) -> None:
         self.learn.train_metrics = bool(value)
+
+    def _metrics_on_train(self) -> bool:
+        # Keras computes the metrics on the training data: with no validation set they would
+        # otherwise be computed nowhere.
+        return self.train_metrics or self.learn.dls.valid is None
 
     def _valid_name(self, metric: str) -> str:
         # fastai: `valid_<metric>` beside `train_<metric>`, else the metric's bare name.
@@ -223,7 +228,8 @@ class Recorder(Callback):
         )
         self._valid_loss = AvgLoss()
         self._valid_mets = list(learn.metrics)
-        self._train_mets = [copy_metric(m) for m in learn.metrics] if self.train_metrics else []
+        on_train = self._metrics_on_train()
+        self._train_mets = [copy_metric(m) for m in learn.metrics] if on_train else []
         learn.logger(self._line(self.metric_names))
 
     def after_fit(self) -> None:
