@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
 import warnings
 from typing import Any
@@ -40,6 +39,66 @@ def _call_module(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
 
 def _step(eager_step: Any) -> None:
     eager_step()
+
+
+def _mark_batch_dim(*batches: Any) -> None:
+    # Dimension 0 of every input and target tensor is the batch size; "maybe": a model that
+    # needs a fixed size specializes it instead of failing.
+    for part in batches:
+        for t in part.values() if isinstance(part, dict) else part:
+            if type(t) is Tensor and t.ndim:
+                torch._dynamo.maybe_mark_dynamic(t, 0)
+
+
+# The hyper-parameters schedules change at every step, as tensors inside the compiled step
+# (torch's compiled-optimizer recipe): a float is a constant of the graph, and a new value
+# would recompile it.
+_TENSOR_HYPERS = ("lr", "betas")
+
+
+class _HyperTensors:
+    """0-dim tensors holding an optimizer's `lr` and `betas`, put into its param groups for the
+    compiled step only: outside it (schedules, the Recorder, state_dict) they stay floats."""
+
+    def __init__(self, opt: torch.optim.Optimizer) -> None:
+        self.opt = opt
+        self.tensors: list[dict[str, Any]] = []
+        self.values: list[dict[str, Any]] = []  # what the tensors hold
+
+    def _tensors_for(self, group: dict) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key in _TENSOR_HYPERS:
+            v = group.get(key)
+            if isinstance(v, float):
+                out[key] = torch.tensor(v, dtype=torch.float32)
+            elif isinstance(v, tuple) and v and all(isinstance(b, float) for b in v):
+                out[key] = tuple(torch.tensor(b, dtype=torch.float32) for b in v)
+        return out
+
+    def swap_in(self) -> list[dict[str, Any]]:
+        groups = self.opt.param_groups
+        if len(self.tensors) != len(groups):
+            self.tensors = [self._tensors_for(g) for g in groups]
+            self.values = [{} for _ in groups]
+        saved = []
+        for group, tensors, values in zip(groups, self.tensors, self.values):
+            old = {}
+            for key, t in tensors.items():
+                v = old[key] = group[key]
+                if values.get(key) != v:  # a fill is a kernel launch: only on a change
+                    values[key] = v
+                    if isinstance(t, tuple):
+                        for ti, vi in zip(t, v):
+                            ti.fill_(vi)
+                    else:
+                        t.fill_(v)
+                group[key] = t
+            saved.append(old)
+        return saved
+
+    def swap_out(self, saved: list[dict[str, Any]]) -> None:
+        for group, old in zip(self.opt.param_groups, saved):
+            group.update(old)
 
 
 def _eager_requests(cbs: list[Callback]) -> dict[str, list[str]]:
@@ -92,7 +151,7 @@ class Compile(Callback):
         **torch_compile_kwargs: passed to `torch.compile` (`mode`, `dynamic`, `fullgraph`,
             `backend`, `options`, ...).
 
-    Attributes:
+    Attributes (the callback is `learn.compiler`; `learn.compile` is the method):
         regions: what ran compiled in the current (or last) fit: `{"forward": "forward+loss" |
             "forward" | "eager", "step": "compiled" | "eager"}`.
     """
@@ -109,11 +168,15 @@ class Compile(Callback):
         if not isinstance(step, bool):
             raise TypeError(f"step must be True or False, got {step!r}")
         self.compile_step = step
+        self._name = "compiler"  # `learn.compile` is the method that adds this callback
         self.compile_kwargs = {**_ISOLATE, **torch_compile_kwargs}
         self._copy_outputs = torch_compile_kwargs.get("mode") == "reduce-overhead"
+        # Unless the user chose, the batch dimension is dynamic from the first batch: one graph
+        # for full and last batches, the same graphs whichever epoch a (resumed) fit starts at.
+        self._mark_batch = "dynamic" not in torch_compile_kwargs
         self._compiled_forward_loss = torch.compile(_forward_loss, **self.compile_kwargs)
         self._compiled_call = torch.compile(_call_module, **self.compile_kwargs)
-        self._step_for: tuple[Any, Any] | None = None  # (optimizer, its compiled step)
+        self._step_for: tuple | None = None  # (optimizer, its compiled step, _HyperTensors)
         self._module: nn.Module | None = None  # the module compiled in place, to restore
         self._opt: Any = None  # the optimizer whose step is ours, to restore
         self._opt_step: Any = None  # what its instance had as `step` before (usually nothing)
@@ -123,6 +186,8 @@ class Compile(Callback):
 
     def _fused(self, xb: Any, yb: tuple) -> tuple:
         learn = self.learn
+        if self._mark_batch:
+            _mark_batch_dim(xb, yb)
         pred, loss = self._compiled_forward_loss(
             learn.model, learn.loss_func, learn.pred_key, xb, yb
         )
@@ -131,15 +196,30 @@ class Compile(Callback):
             loss = loss.clone() if loss is not None else loss
         return pred, loss
 
+    def _module_call(self, module: nn.Module) -> Any:
+        compiled, mark = self._compiled_call, self._mark_batch
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if mark:
+                _mark_batch_dim(args, kwargs)
+            return compiled(module, *args, **kwargs)
+
+        return call
+
     def _compiled_step(self, opt: torch.optim.Optimizer) -> Any:
         if self._step_for is None or self._step_for[0] is not opt:
-            self._step_for = (opt, torch.compile(_step, **self.compile_kwargs))
-        compiled, eager = self._step_for[1], opt.step
+            self._step_for = (opt, torch.compile(_step, **self.compile_kwargs), _HyperTensors(opt))
+        _, compiled, hypers = self._step_for
+        eager = opt.step
 
         def step(closure: Any = None) -> Any:
             if closure is not None:  # a closure re-evaluates the model: torch's own step
                 return eager(closure)
-            return compiled(eager)
+            saved = hypers.swap_in()
+            try:
+                compiled(eager)
+            finally:
+                hypers.swap_out(saved)
 
         return step
 
@@ -183,7 +263,7 @@ class Compile(Callback):
             learn.forward_loss_fn = self._fused
             self.regions["forward"] = "forward+loss"
         else:
-            module._compiled_call_impl = functools.partial(self._compiled_call, module)
+            module._compiled_call_impl = self._module_call(module)
             self._module = module
             self.regions["forward"] = "forward"
 
