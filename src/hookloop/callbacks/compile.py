@@ -153,7 +153,8 @@ class Compile(Callback):
 
     Attributes (the callback is `learn.compiler`; `learn.compile` is the method):
         regions: what ran compiled in the current (or last) fit: `{"forward": "forward+loss" |
-            "forward" | "eager", "step": "compiled" | "eager"}`.
+            "forward" | "eager", "step": "compiled" | "eager"}` (a model the user compiled
+            before is left as it is).
     """
 
     order = 90  # before_fit after the DistributedTrainer (-20) has wrapped the model
@@ -251,9 +252,10 @@ class Compile(Callback):
         learn = self.learn
         model, module = learn.model, unwrap_model(learn.model)
         if module is not model and not isinstance(model, nn.parallel.DistributedDataParallel):
-            return  # a model the user compiled (or wrapped) already
+            return  # a model the user compiled (`torch.compile(model)`) or wrapped already
         if getattr(module, "_compiled_call_impl", None) is not None:
-            return  # compiled in place by the user (`model.compile()`)
+            self.regions["forward"] = "forward (the user's model.compile())"
+            return
         fuse = (
             model is module
             and learn.loss_func is not None
