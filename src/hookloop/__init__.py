@@ -1,6 +1,7 @@
 """hookloop: a small, fixed PyTorch training loop where every feature is a callback."""
 
 from .callback import Callback, class_to_name
+from .callbacks.compile import Compile
 from .callbacks.ema import EMA
 from .callbacks.keras import KerasCallback
 from .callbacks.keras_lr import LearningRateScheduler, ReduceLROnPlateau, ReduceLROnPlateauCallback
@@ -95,6 +96,7 @@ __all__ = [
     "GradientClip",
     "GradientAccumulation",
     "EMA",
+    "Compile",
     "DataLoaders",
     "TensorLoader",
     "DistributedTrainer",

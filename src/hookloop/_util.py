@@ -113,10 +113,18 @@ def no_log(line: str) -> None:
 
 
 def unwrap_model(model: Any) -> Any:
-    """The user's module inside a DistributedDataParallel / DataParallel wrapper."""
-    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        return model.module
-    return model
+    """The user's module inside DistributedDataParallel / DataParallel wrappers and
+    torch.compile's OptimizedModule (whose state dict keys start with `_orig_mod.`)."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+            continue
+        # Only torch.compile makes an OptimizedModule: none exists before it is imported.
+        eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+        if eval_frame is not None and isinstance(model, eval_frame.OptimizedModule):
+            model = model._orig_mod
+            continue
+        return model
 
 
 def output_loss(out: Any) -> Any:

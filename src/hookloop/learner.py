@@ -251,6 +251,7 @@ class Learner:
             computes its own loss (loss_func None: Hugging Face models need their labels).
         pred_key: the entry of a structured model output that metrics and `get_preds` see
             (default `logits` when the output has one).
+        compile: train with `torch.compile` (`learn.compile()`); a dict gives its arguments.
     """
 
     def __init__(
@@ -273,6 +274,7 @@ class Learner:
         n_inp: int | None = None,
         target_keys: Sequence[str] = ("labels",),
         pred_key: str | None = None,
+        compile: bool | dict = False,
     ) -> None:
         if isinstance(model, nn.Module) is False and isinstance(dls, nn.Module):
             model, dls = dls, model  # fastai's argument order
@@ -340,6 +342,9 @@ class Learner:
         self.loss: Any = torch.tensor(0.0)  # fastai's value before the first batch
         self.loss_grad: Any = None
         self.dl: Any = None
+        # None, or `(xb, yb) -> (pred, loss)` that `_forward_loss` calls instead of the model and
+        # then the loss when no callback handles after_pred (a callback sets and restores it).
+        self.forward_loss_fn: Callable | None = None
         self.exception: BaseException | None = None
         self.cbs: list[Callback] = []
         self._tables: dict[str, dict[str, tuple]] = {}
@@ -352,6 +357,8 @@ class Learner:
         self.add_cbs(listify(cbs) + listify(callbacks))
         for fn in callback_fns or ():
             self.add_cb(self._from_callback_fn(fn))
+        if compile:  # Learner.compile comes from callbacks/compile.py
+            self.compile(**(compile if isinstance(compile, dict) else {}))
 
     # ---- callbacks -------------------------------------------------------------------------
 
@@ -731,25 +738,31 @@ class Learner:
         """`pred = model(*xb)` (or `model(**xb)`) → after_pred → `loss = loss_func(pred, *yb)`
         (or the model's own `loss`) → after_loss. True when a loss was computed."""
         xb = self.xb
-        self.pred = pred = self.model(*xb) if type(xb) is tuple else self.model(**xb)
-        if handlers["after_pred"]:
-            self("after_pred")
-            pred = self.pred
-        yb, loss_func = self.yb, self.loss_func
-        if loss_func is None:
-            loss = output_loss(pred)
-            if loss is None and self._training:
-                raise ValueError(
-                    f"loss_func is None and the model's output ({type(pred).__name__}) has no "
-                    f"`loss`: pass loss_func=, or give a model that computes its own loss its "
-                    f"targets (target_keys={self.target_keys!r})"
-                )
-        elif yb:
-            if type(pred) is not Tensor:
-                pred = output_logits(pred, self.pred_key)
-            loss = loss_func(pred, *yb)
+        fused = self.forward_loss_fn
+        if fused is not None and not handlers["after_pred"]:
+            # A callback's `(xb, yb) -> (pred, loss)` computing both in one call (Compile's
+            # compiled forward+loss); nothing may run between them when after_pred is unhandled.
+            self.pred, loss = fused(xb, self.yb)
         else:
-            loss = None
+            self.pred = pred = self.model(*xb) if type(xb) is tuple else self.model(**xb)
+            if handlers["after_pred"]:
+                self("after_pred")
+                pred = self.pred
+            yb, loss_func = self.yb, self.loss_func
+            if loss_func is None:
+                loss = output_loss(pred)
+                if loss is None and self._training:
+                    raise ValueError(
+                        f"loss_func is None and the model's output ({type(pred).__name__}) has no "
+                        f"`loss`: pass loss_func=, or give a model that computes its own loss its "
+                        f"targets (target_keys={self.target_keys!r})"
+                    )
+            elif yb:
+                if type(pred) is not Tensor:
+                    pred = output_logits(pred, self.pred_key)
+                loss = loss_func(pred, *yb)
+            else:
+                loss = None
         if loss is not None:
             if type(loss) is not Tensor or loss.ndim:
                 _check_scalar(loss)

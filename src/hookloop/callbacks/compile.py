@@ -1,0 +1,301 @@
+"""Compile: trains with torch.compile, the events still firing between compiled regions."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .._util import output_logits, unwrap_model
+from ..callback import Callback, handler_of
+from ..learner import Learner
+
+# What a callback may ask to keep eager with `compile_eager = ("forward",)` on its class.
+REGIONS = {
+    "forward": "the forward pass and the loss (and their backward)",
+    "step": "the optimizer step",
+}
+_COMPILE_ARGS = tuple(p for p in inspect.signature(torch.compile).parameters if p != "model")
+# torch >= 2.13: each torch.compile call keeps its own graphs and recompile count, so one
+# learner's graphs (or many learners in one process) never use up another's limit.
+_ISOLATE = {"isolate_recompiles": True} if "isolate_recompiles" in _COMPILE_ARGS else {}
+
+
+def _forward_loss(model: Any, loss_func: Any, pred_key: Any, xb: Any, yb: tuple) -> tuple:
+    # What Learner._forward_loss computes for a model, a loss_func and targets, in one graph.
+    pred = model(*xb) if type(xb) is tuple else model(**xb)
+    if not yb:
+        return pred, None
+    return pred, loss_func(pred if type(pred) is Tensor else output_logits(pred, pred_key), *yb)
+
+
+def _call_module(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    # `module(*args)` without its `_compiled_call_impl`, which is this function compiled.
+    return module._call_impl(*args, **kwargs)
+
+
+def _step(eager_step: Any) -> None:
+    eager_step()
+
+
+def _mark_batch_dim(*batches: Any) -> None:
+    # Dimension 0 of every input and target tensor is the batch size; "maybe": a model that
+    # needs a fixed size specializes it instead of failing.
+    for part in batches:
+        for t in part.values() if isinstance(part, dict) else part:
+            if type(t) is Tensor and t.ndim:
+                torch._dynamo.maybe_mark_dynamic(t, 0)
+
+
+# The hyper-parameters schedules change at every step, as tensors inside the compiled step
+# (torch's compiled-optimizer recipe): a float is a constant of the graph, and a new value
+# would recompile it.
+_TENSOR_HYPERS = ("lr", "betas")
+
+
+class _HyperTensors:
+    """0-dim tensors holding an optimizer's `lr` and `betas`, put into its param groups for the
+    compiled step only: outside it (schedules, the Recorder, state_dict) they stay floats."""
+
+    def __init__(self, opt: torch.optim.Optimizer) -> None:
+        self.opt = opt
+        self.tensors: list[dict[str, Any]] = []
+        self.values: list[dict[str, Any]] = []  # what the tensors hold
+
+    def _tensors_for(self, group: dict) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key in _TENSOR_HYPERS:
+            v = group.get(key)
+            if isinstance(v, float):
+                out[key] = torch.tensor(v, dtype=torch.float32)
+            elif isinstance(v, tuple) and v and all(isinstance(b, float) for b in v):
+                out[key] = tuple(torch.tensor(b, dtype=torch.float32) for b in v)
+        return out
+
+    def swap_in(self) -> list[dict[str, Any]]:
+        groups = self.opt.param_groups
+        if len(self.tensors) != len(groups):
+            self.tensors = [self._tensors_for(g) for g in groups]
+            self.values = [{} for _ in groups]
+        saved = []
+        for group, tensors, values in zip(groups, self.tensors, self.values):
+            old = {}
+            for key, t in tensors.items():
+                v = old[key] = group[key]
+                if values.get(key) != v:  # a fill is a kernel launch: only on a change
+                    values[key] = v
+                    if isinstance(t, tuple):
+                        for ti, vi in zip(t, v):
+                            ti.fill_(vi)
+                    else:
+                        t.fill_(v)
+                group[key] = t
+            saved.append(old)
+        return saved
+
+    def swap_out(self, saved: list[dict[str, Any]]) -> None:
+        for group, old in zip(self.opt.param_groups, saved):
+            group.update(old)
+
+
+def _eager_requests(cbs: list[Callback]) -> dict[str, list[str]]:
+    """Region -> names of the callbacks whose class asks for it to run eagerly."""
+    out: dict[str, list[str]] = {}
+    for cb in cbs:
+        regions = getattr(type(cb), "compile_eager", ())
+        for region in (regions,) if isinstance(regions, str) else regions:
+            if region not in REGIONS:
+                raise ValueError(
+                    f"{type(cb).__name__}.compile_eager: unknown region {region!r}; "
+                    f"regions are {tuple(REGIONS)}"
+                )
+            out.setdefault(region, []).append(type(cb).__name__)
+    return out
+
+
+class Compile(Callback):
+    """Trains with `torch.compile`: what the fit's callbacks leave free runs as compiled graphs.
+
+    Decided at the start of each fit, from the callbacks attached then:
+    - forward and loss as one graph (AOTAutograd compiles their backward with it), when no
+      callback handles `after_pred`, the model is not wrapped (DistributedDataParallel) and there
+      is a `loss_func`: the loop calls it through `learn.forward_loss_fn`. Otherwise the model
+      alone is compiled in place (the module inside DDP, so each rank compiles its own) and the
+      loss runs eagerly, so a callback that changes `learn.pred` still decides the loss;
+    - the optimizer step (torch's compiled-optimizer recipe: `opt.step()` inside
+      `torch.compile`); a learning rate or momentum changed by a schedule turns into an input of
+      the graph at its first change (one recompile).
+    Every event still fires, in order, between the compiled regions (a callback changing
+    `learn.loss` in `after_loss` works as without Compile). The graphs are kept across fits and
+    the model and optimizer are left as they were after each fit (`validate()` and `get_preds()`
+    outside a fit run eagerly); checkpoints hold the plain state dicts, interchangeable with eager.
+    Shapes: the last, shorter batch makes torch recompile once with a dynamic batch size
+    (`dynamic=None`, torch's automatic dynamic shapes; no padding, which would change the loss and
+    BatchNorm statistics); validation (no_grad, eval mode) gets its graphs in the first epoch. No
+    recompilation follows the first epoch. A callback whose class sets `compile_eager =
+    ("forward",)` or `("step",)` keeps that region eager for the fit, with one warning naming it;
+    so does an optimizer that is not a `torch.optim.Optimizer`. On CUDA, `mode="reduce-overhead"`
+    (CUDA graphs) is the choice for small batches: the outputs are then copied out of the graph's
+    memory so the Recorder may keep them.
+
+    Example:
+        learn = Learner(model, dls, metrics=accuracy)
+        learn.compile()  # or Learner(..., compile=True), or cbs=Compile(mode="max-autotune")
+        learn.fit(3)
+
+    Args:
+        step: also compile the optimizer step.
+        **torch_compile_kwargs: passed to `torch.compile` (`mode`, `dynamic`, `fullgraph`,
+            `backend`, `options`, ...).
+
+    Attributes (the callback is `learn.compiler`; `learn.compile` is the method):
+        regions: what ran compiled in the current (or last) fit: `{"forward": "forward+loss" |
+            "forward" | "eager", "step": "compiled" | "eager"}` (a model the user compiled
+            before is left as it is).
+    """
+
+    order = 90  # before_fit after the DistributedTrainer (-20) has wrapped the model
+
+    def __init__(self, step: bool = True, **torch_compile_kwargs: Any) -> None:
+        unknown = sorted(set(torch_compile_kwargs) - set(_COMPILE_ARGS))
+        if unknown:
+            raise ValueError(
+                f"Compile: unknown torch.compile argument(s) {unknown}; torch.compile takes "
+                f"{list(_COMPILE_ARGS)}"
+            )
+        if not isinstance(step, bool):
+            raise TypeError(f"step must be True or False, got {step!r}")
+        self.compile_step = step
+        self._name = "compiler"  # `learn.compile` is the method that adds this callback
+        self.compile_kwargs = {**_ISOLATE, **torch_compile_kwargs}
+        self._copy_outputs = torch_compile_kwargs.get("mode") == "reduce-overhead"
+        # Unless the user chose, the batch dimension is dynamic from the first batch: one graph
+        # for full and last batches, the same graphs whichever epoch a (resumed) fit starts at.
+        self._mark_batch = "dynamic" not in torch_compile_kwargs
+        self._compiled_forward_loss = torch.compile(_forward_loss, **self.compile_kwargs)
+        self._compiled_call = torch.compile(_call_module, **self.compile_kwargs)
+        self._step_for: tuple | None = None  # (optimizer, its compiled step, _HyperTensors)
+        self._module: nn.Module | None = None  # the module compiled in place, to restore
+        self._opt: Any = None  # the optimizer whose step is ours, to restore
+        self._opt_step: Any = None  # what its instance had as `step` before (usually nothing)
+        self.regions: dict[str, str] = {}
+
+    # ---- the compiled regions --------------------------------------------------------------
+
+    def _fused(self, xb: Any, yb: tuple) -> tuple:
+        learn = self.learn
+        if self._mark_batch:
+            _mark_batch_dim(xb, yb)
+        pred, loss = self._compiled_forward_loss(
+            learn.model, learn.loss_func, learn.pred_key, xb, yb
+        )
+        if self._copy_outputs:  # CUDA graphs overwrite their outputs at the next replay
+            pred = pred.clone() if type(pred) is Tensor else pred
+            loss = loss.clone() if loss is not None else loss
+        return pred, loss
+
+    def _module_call(self, module: nn.Module) -> Any:
+        compiled, mark = self._compiled_call, self._mark_batch
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if mark:
+                _mark_batch_dim(args, kwargs)
+            return compiled(module, *args, **kwargs)
+
+        return call
+
+    def _compiled_step(self, opt: torch.optim.Optimizer) -> Any:
+        if self._step_for is None or self._step_for[0] is not opt:
+            self._step_for = (opt, torch.compile(_step, **self.compile_kwargs), _HyperTensors(opt))
+        _, compiled, hypers = self._step_for
+        eager = opt.step
+
+        def step(closure: Any = None) -> Any:
+            if closure is not None:  # a closure re-evaluates the model: torch's own step
+                return eager(closure)
+            saved = hypers.swap_in()
+            try:
+                compiled(eager)
+            finally:
+                hypers.swap_out(saved)
+
+        return step
+
+    # ---- install for the fit, restore after it --------------------------------------------
+
+    def before_fit(self) -> None:
+        learn = self.learn
+        eager = _eager_requests(learn.cbs)
+        opt = learn.opt
+        if self.compile_step and "step" not in eager and not isinstance(opt, torch.optim.Optimizer):
+            eager["step"] = [f"the optimizer {type(opt).__name__} (not a torch.optim.Optimizer)"]
+        for region, who in eager.items():
+            if region == "step" and not self.compile_step:
+                continue
+            warnings.warn(
+                f"Compile: {REGIONS[region]} run eagerly in this fit: {', '.join(who)} cannot "
+                f"run compiled",
+                stacklevel=2,
+            )
+        self.regions = {"forward": "eager", "step": "eager"}
+        if "forward" not in eager:
+            self._install_forward()
+        if self.compile_step and "step" not in eager:
+            self._opt, self._opt_step = opt, opt.__dict__.get("step")
+            opt.step = self._compiled_step(opt)
+            self.regions["step"] = "compiled"
+
+    def _install_forward(self) -> None:
+        learn = self.learn
+        model, module = learn.model, unwrap_model(learn.model)
+        if module is not model and not isinstance(model, nn.parallel.DistributedDataParallel):
+            return  # a model the user compiled (`torch.compile(model)`) or wrapped already
+        if getattr(module, "_compiled_call_impl", None) is not None:
+            self.regions["forward"] = "forward (the user's model.compile())"
+            return
+        fuse = (
+            model is module
+            and learn.loss_func is not None
+            and not any(handler_of(cb, "after_pred") for cb in learn.cbs)
+        )
+        if fuse:
+            learn.forward_loss_fn = self._fused
+            self.regions["forward"] = "forward+loss"
+        else:
+            module._compiled_call_impl = self._module_call(module)
+            self._module = module
+            self.regions["forward"] = "forward"
+
+    def _restore(self) -> None:
+        learn = self.learn
+        if learn is not None and learn.forward_loss_fn == self._fused:
+            learn.forward_loss_fn = None
+        if self._module is not None:
+            self._module._compiled_call_impl = None
+            self._module = None
+        if self._opt is not None:
+            if self._opt_step is None:
+                self._opt.__dict__.pop("step", None)
+            else:
+                self._opt.step = self._opt_step
+            self._opt = self._opt_step = None
+
+    def after_fit(self) -> None:
+        self._restore()
+
+    def after_exception(self) -> None:
+        self._restore()
+
+
+def compile_learner(self: Learner, step: bool = True, **torch_compile_kwargs: Any) -> Learner:
+    """Train with `torch.compile` (adds a `Compile` callback, replacing any)."""
+    self.remove_cb(Compile)
+    return self.add_cb(Compile(step=step, **torch_compile_kwargs))
+
+
+Learner.compile = compile_learner
+
+__all__ = ["Compile"]
