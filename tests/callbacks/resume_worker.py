@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-import hookloop.checkpoint as checkpoint
+import hookloop.checkpoint_format as checkpoint
 from hookloop import (
     BackupAndRestore,
     Callback,
@@ -105,6 +105,8 @@ def arm_kill_in_write(nth: int, stage: str) -> None:
             die()
         return prune(*args, **kwargs)
 
+    # The checkpoint directory format (hookloop.checkpoint_format) calls these through its own
+    # module globals, so replacing them there reaches every write.
     checkpoint.write_checkpoint = counting_write_checkpoint
     checkpoint._write_file = killing_write_file
     checkpoint.fsync_dir = killing_fsync_dir

@@ -15,16 +15,14 @@ from torch.utils.data import BatchSampler, DataLoader, IterableDataset, Sampler
 from .._check import check_int
 from .._util import is_rank_zero
 from ..callback import Callback
-from ..checkpoint import (
+from ..checkpoint_format import (
     MANIFEST,
-    Checkpoint,
     is_checkpoint_name,
     leftover_temporaries,
     list_checkpoints,
-    position_target,
-    save_checkpoint,
 )
 from ..learner import FIT_EXTENSIONS
+from ..training_state import Checkpoint, position_target, save_checkpoint
 
 
 def _epoch_generator(seed: int, epoch: int, salt: int) -> torch.Generator:

@@ -1,0 +1,298 @@
+"""A learner's training state: random states, callback states, data position, and the
+Checkpoint that saves it (`save_checkpoint`) and restores it in two steps (`Checkpoint`)."""
+
+from __future__ import annotations
+
+import os
+import random
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ._util import is_distributed, rank, unwrap_model, world_size
+from .checkpoint_format import (
+    checkpoint_name,
+    load_parts,
+    newest_complete,
+    read_checkpoint,
+    write_and_prune,
+)
+
+if TYPE_CHECKING:
+    from .learner import Learner
+
+
+def rng_state() -> dict[str, Any]:
+    """The global random states: python, numpy, torch CPU, and CUDA per device once initialised."""
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        np = None
+    if np is not None:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+        state["numpy"] = (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)
+    # Querying CUDA would initialise it; a run that never touched it has nothing to save.
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def gathered_rng_state() -> dict[str, Any]:
+    """`rng_state()`; under torch.distributed every rank's, as `{'per_rank': [...]}` (one
+    all_gather, so every rank must call it)."""
+
+    state = rng_state()
+    if not (is_distributed() and world_size() > 1):
+        return state
+    import torch.distributed as dist
+
+    states: list[Any] = [None] * world_size()
+    dist.all_gather_object(states, state)
+    return {"per_rank": states}
+
+
+def _own_rng_state(state: dict[str, Any]) -> dict[str, Any]:
+    if "per_rank" not in state:
+        return state
+
+    states = state["per_rank"]
+    if rank() >= len(states):
+        warnings.warn(
+            f"the checkpoint holds random states for {len(states)} rank(s), this is rank "
+            f"{rank()}; it takes rank 0's, so its random numbers differ from the original run",
+            stacklevel=3,
+        )
+        return states[0]
+    return states[rank()]
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state()` returned."""
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "numpy" in state:
+        import numpy as np
+
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    cuda = state.get("cuda")
+    if cuda:
+        if torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
+            torch.cuda.set_rng_state_all(cuda)
+        else:
+            n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            warnings.warn(
+                f"the checkpoint holds CUDA random states for {len(cuda)} device(s), this "
+                f"process has {n}; CUDA random numbers will differ from the original run",
+                stacklevel=2,
+            )
+
+
+def _keyed(cbs: list) -> list[tuple[str, Any]]:
+    # Keyed by name; a second callback of the same name gets `name#1`, and so on.
+    seen: dict[str, int] = {}
+    out = []
+    for cb in cbs:
+        n = seen.get(cb.name, 0)
+        seen[cb.name] = n + 1
+        out.append((cb.name if n == 0 else f"{cb.name}#{n}", cb))
+    return out
+
+
+def callback_states(cbs: list) -> dict[str, dict[str, Any]]:
+    """Every callback's `state_dict()`, keyed by name, with its class and `state_version`."""
+    return {
+        key: {
+            "class": type(cb).__name__,
+            "version": getattr(type(cb), "state_version", 1),
+            "rank_zero_only": bool(cb.rank_zero_only),
+            "state": cb.state_dict(),
+        }
+        for key, cb in _keyed(cbs)
+    }
+
+
+def load_callback_states(cbs: list, states: dict[str, dict[str, Any]]) -> None:
+    """Give each callback its saved state, migrating older `state_version`s."""
+    keys = set()
+    for key, cb in _keyed(cbs):
+        keys.add(key)
+        saved = states.get(key)
+        if saved is None:
+            continue
+        state, version = saved["state"], saved["version"]
+        current = getattr(type(cb), "state_version", 1)
+        if version != current:
+            migrate = getattr(type(cb), "migrate_state_dict", None)
+            if migrate is None or version > current:
+                raise ValueError(
+                    f"callback {key!r} ({type(cb).__name__}) is at state version {current}, the "
+                    f"checkpoint holds version {version}, which it cannot convert"
+                )
+            state = migrate(cb, state, version)
+        cb.load_state_dict(state)
+
+    # Rank-zero-only callbacks (loggers) are missing on the other ranks by design.
+    lost = sorted(
+        k
+        for k, v in states.items()
+        if k not in keys and v["state"] and not (v.get("rank_zero_only") and rank() != 0)
+    )
+    if lost:
+        warnings.warn(
+            f"the checkpoint holds state for callbacks that are not attached now: "
+            f"{', '.join(lost)}; it is ignored",
+            stacklevel=2,
+        )
+
+
+def position_target(dl: Any) -> tuple[Any, int] | None:
+    """`(obj, unit)`: the object whose `start` (in units; one batch is `unit`) and `seed` place
+    `dl` within an epoch; None when `dl` cannot start in the middle of an epoch."""
+    if dl is None:
+        return None
+    if all(hasattr(dl, a) for a in ("start", "seed", "set_epoch")):
+        return dl, 1
+    sampler = getattr(dl, "sampler", None)
+    if sampler is not None and all(hasattr(sampler, a) for a in ("start", "seed", "set_epoch")):
+        return sampler, getattr(dl, "batch_size", None) or 1
+    return None
+
+
+def training_state(
+    learn: Learner, epoch: int, iter: int, rng: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The parts of a checkpoint that resumes `learn` at batch `iter` of `epoch` (`rng`: the
+    random states to save, default this process's)."""
+    model = unwrap_model(learn.model)
+    target = position_target(learn.dls.train)
+    parts: dict[str, Any] = {
+        "model": model.state_dict(),
+        "optimizer": learn.opt.state_dict() if learn.opt is not None else {},
+        "callbacks": callback_states(learn.cbs),
+        "state": {
+            "learner": {
+                "epoch": epoch,
+                "iter": iter,
+                "train_iter": learn.train_iter,
+                "pct_train": learn.pct_train,
+                "n_epoch": learn.n_epoch,
+            },
+            "data": {"seed": getattr(target[0], "seed", None) if target else None},
+            "rng": rng if rng is not None else rng_state(),
+        },
+    }
+    # Gradients exist between optimizer steps only while they accumulate over several batches.
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    if grads:
+        parts["grads"] = grads
+    return parts
+
+
+def save_checkpoint(
+    learn: Learner, directory: str | os.PathLike, epoch: int, iter: int, keep: int | None = 2
+) -> Path:
+    """Write the checkpoint that resumes `learn` at batch `iter` of `epoch` into `directory`,
+    then delete all but the `keep` newest (only now that the new one is complete).
+
+    Under torch.distributed call it on every rank: their random states are gathered, and rank 0
+    writes.
+    """
+
+    path = Path(directory) / checkpoint_name(epoch, iter)
+    rng = gathered_rng_state()
+    if rank() != 0:
+        return path
+    parts = training_state(learn, epoch, iter, rng)
+    return write_and_prune(path, parts, epoch, iter, learn.train_iter, keep)
+
+
+class Checkpoint:
+    """A verified, loaded checkpoint, restored into a learner in two steps.
+
+    `restore_fit_start` (at the end of before_fit) loads weights, optimizer, counters and every
+    callback's state. For a backup taken mid-epoch, `restore_train_start` (at the end of the
+    resumed epoch's before_train) loads the callbacks' state again, so per-epoch resets do not
+    wipe the epoch in progress, then the gradients, the data position and the random state, so
+    nothing run by before_epoch/before_train shifts the random numbers of the next batch.
+    """
+
+    def __init__(self, path: Path, manifest: dict[str, Any], parts: dict[str, Any]) -> None:
+        self.path, self.manifest, self.parts = path, manifest, parts
+        counters = parts["state"]["learner"]
+        self.epoch: int = counters["epoch"]
+        self.iter: int = counters["iter"]
+
+    @property
+    def mid_epoch(self) -> bool:
+        return self.iter > 0
+
+    @classmethod
+    def read(cls, path: str | os.PathLike, map_location: Any = None) -> Checkpoint:
+        """Load one checkpoint directory; raises CheckpointError if it is incomplete/corrupt."""
+        manifest, parts = read_checkpoint(path, map_location)
+        return cls(Path(path), manifest, parts)
+
+    @classmethod
+    def newest(cls, directory: str | os.PathLike, map_location: Any = None) -> Checkpoint | None:
+        """The newest complete checkpoint in `directory`, falling back past broken ones."""
+        found = newest_complete(directory)
+        if found is None:
+            return None
+        path, manifest, blobs = found
+        return cls(path, manifest, load_parts(path, blobs, map_location))
+
+    def restore_fit_start(self, learn: Learner) -> None:
+        parts = self.parts
+        target = position_target(learn.dls.train)
+        if self.mid_epoch and target is None:
+            raise ValueError(
+                f"{self.path.name} was taken in the middle of epoch {self.epoch}, but the "
+                f"training loader ({type(learn.dls.train).__name__}) cannot start mid-epoch; "
+                f"use a hookloop DataLoaders or a torch DataLoader over a map-style dataset"
+            )
+        unwrap_model(learn.model).load_state_dict(parts["model"])
+        if learn.opt is None:
+            learn.create_opt()
+        if parts["optimizer"]:
+            learn.opt.load_state_dict(parts["optimizer"])
+        counters = parts["state"]["learner"]
+        learn.epoch, learn.iter = self.epoch, self.iter
+        learn.train_iter, learn.pct_train = counters["train_iter"], counters["pct_train"]
+        seed = parts["state"]["data"]["seed"]
+        if target is not None and seed is not None:
+            target[0].seed = seed
+        load_callback_states(learn.cbs, parts["callbacks"])
+        if not self.mid_epoch:
+            self._restore_last(learn)
+
+    def restore_train_start(self, learn: Learner) -> None:
+        if self.mid_epoch:
+            load_callback_states(learn.cbs, self.parts["callbacks"])
+            self._restore_last(learn)
+
+    def _restore_last(self, learn: Learner) -> None:
+        grads = self.parts.get("grads", {})
+        for name, p in unwrap_model(learn.model).named_parameters():
+            p.grad = grads[name].to(p.device) if name in grads else None
+        if self.mid_epoch:
+            obj, unit = position_target(learn.dls.train)
+            obj.start = self.iter * unit
+            learn.start_at(self.iter)
+        set_rng_state(_own_rng_state(self.parts["state"]["rng"]))
+
+
+__all__ = [
+    "Checkpoint",
+    "save_checkpoint",
+    "training_state",
+    "position_target",
+    "callback_states",
+    "load_callback_states",
+    "rng_state",
+    "gathered_rng_state",
+    "set_rng_state",
+]
