@@ -15,6 +15,7 @@ from torch.utils.data import (
 )
 
 from ._check import check_int
+from .data import is_stateful_loader
 
 
 class ShardSampler(Sampler[int]):
@@ -62,7 +63,9 @@ def _with_sampler(dl: DataLoader, sampler: Sampler) -> DataLoader:
     }
     if dl.num_workers > 0:
         kwargs["prefetch_factor"] = dl.prefetch_factor
-    return DataLoader(dl.dataset, **kwargs)
+    # A StatefulDataLoader stays one, so a backup can hold each rank's position.
+    cls = type(dl) if is_stateful_loader(dl) else DataLoader
+    return cls(dl.dataset, **kwargs)
 
 
 def shard_loader(dl: Any, rank: int, world_size: int, train: bool = True, seed: int = 0) -> Any:

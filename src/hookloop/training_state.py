@@ -19,6 +19,7 @@ from .checkpoint_format import (
     read_checkpoint,
     write_and_prune,
 )
+from .data import is_stateful_loader
 
 if TYPE_CHECKING:
     from .learner import Learner
@@ -162,6 +163,21 @@ def position_target(dl: Any) -> tuple[Any, int] | None:
     return None
 
 
+def loader_state(dl: Any) -> dict[str, Any] | None:
+    """The `state_dict()` of a loader that keeps its own position (torchdata's
+    StatefulDataLoader), None for any other."""
+    return dl.state_dict() if is_stateful_loader(dl) else None
+
+
+def _restore_loader(dl: Any, state: dict[str, Any] | None) -> None:
+    if state is None or not is_stateful_loader(dl):
+        return
+    dl.load_state_dict(state)
+    # StatefulDataLoader makes the iterator now and hands this one to the loop's next iter():
+    # making it there, after the random state is restored, would draw from the global RNG.
+    dl.state_dict()
+
+
 def training_state(
     learn: Learner, epoch: int, iter: int, rng: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -181,7 +197,10 @@ def training_state(
                 "pct_train": learn.pct_train,
                 "n_epoch": learn.n_epoch,
             },
-            "data": {"seed": getattr(target[0], "seed", None) if target else None},
+            "data": {
+                "seed": getattr(target[0], "seed", None) if target else None,
+                "loader": loader_state(learn.dls.train),
+            },
             "rng": rng if rng is not None else rng_state(),
         },
     }
@@ -245,14 +264,20 @@ class Checkpoint:
         path, manifest, blobs = found
         return cls(path, manifest, load_parts(path, blobs, map_location))
 
+    def _loader_state(self) -> dict[str, Any] | None:
+        return self.parts["state"]["data"].get("loader")
+
     def restore_fit_start(self, learn: Learner) -> None:
         parts = self.parts
-        target = position_target(learn.dls.train)
-        if self.mid_epoch and target is None:
+        train = learn.dls.train
+        target = position_target(train)
+        stateful = is_stateful_loader(train) and self._loader_state() is not None
+        if self.mid_epoch and target is None and not stateful:
             raise ValueError(
                 f"{self.path.name} was taken in the middle of epoch {self.epoch}, but the "
-                f"training loader ({type(learn.dls.train).__name__}) cannot start mid-epoch; "
-                f"use a hookloop DataLoaders or a torch DataLoader over a map-style dataset"
+                f"training loader ({type(train).__name__}) cannot start mid-epoch; use a "
+                f"hookloop DataLoaders, a torch DataLoader over a map-style dataset or a "
+                f"torchdata StatefulDataLoader"
             )
         unwrap_model(learn.model).load_state_dict(parts["model"])
         if learn.opt is None:
@@ -278,10 +303,13 @@ class Checkpoint:
         grads = self.parts.get("grads", {})
         for name, p in unwrap_model(learn.model).named_parameters():
             p.grad = grads[name].to(p.device) if name in grads else None
+        train, saved = learn.dls.train, self._loader_state()
         if self.mid_epoch:
-            obj, unit = position_target(learn.dls.train)
-            obj.start = self.iter * unit
+            if not (saved is not None and is_stateful_loader(train)):
+                obj, unit = position_target(train)
+                obj.start = self.iter * unit
             learn.start_at(self.iter)
+        _restore_loader(train, saved)
         set_rng_state(_own_rng_state(self.parts["state"]["rng"]))
 
 
