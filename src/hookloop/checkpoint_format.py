@@ -20,8 +20,9 @@ from ._util import fsync_dir
 
 # One checkpoint is one directory `ckpt-e<epoch>-i<iter>` named after the position training
 # resumes at (batch `iter` of epoch `epoch`), so names sort by age. It holds one torch file per
-# part (model.pt, optimizer.pt, callbacks.pt, state.pt, grads.pt while gradients accumulate)
-# and manifest.json, written last, with each file's size and sha256.
+# part (model.pt, optimizer.pt, callbacks.pt, state.pt, grads.pt while gradients accumulate,
+# ranks.pt under torch.distributed: what ranks 1.. hold of their own) and manifest.json, written
+# last, with each file's size and sha256.
 
 FORMAT = "hookloop-checkpoint"
 FORMAT_VERSION = 1
@@ -29,6 +30,7 @@ MANIFEST = "manifest.json"
 _NAME = re.compile(r"^ckpt-e(\d+)-i(\d+)$")
 _TMP_PREFIX = ".tmp-"
 _PARTS = {"model", "optimizer", "callbacks", "state"}
+_CPU = {"state", "ranks"}
 
 
 class CheckpointError(Exception):
@@ -185,11 +187,10 @@ def read_checkpoint(
 
 def load_parts(path: Path, blobs: dict[str, bytes], map_location: Any) -> dict[str, Any]:
     """Load verified file bytes (`newest_complete`) with `torch.load(weights_only=True)`."""
-    # RNG states must stay CPU tensors; everything else goes where the learner trains.
+    # RNG states (in `state`, and each rank's in `ranks`) must stay CPU tensors; everything
+    # else goes where the learner trains.
     return {
-        name: _load_bytes(
-            data, str(path / f"{name}.pt"), "cpu" if name == "state" else map_location
-        )
+        name: _load_bytes(data, str(path / f"{name}.pt"), "cpu" if name in _CPU else map_location)
         for name, data in blobs.items()
     }
 

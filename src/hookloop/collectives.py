@@ -71,4 +71,31 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
-__all__ = ["barrier", "reduce_weighted", "any_rank", "broadcast_int", "broadcast_object"]
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's picklable `obj`, in rank order, on every rank (`[obj]` outside DDP)."""
+    if not _active():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_object(obj: Any, dst: int = 0) -> list[Any] | None:
+    """Every rank's picklable `obj`, in rank order, on rank `dst`; None on the other ranks
+    (`[obj]` outside DDP). Tensors travel as they are: move them to the CPU first."""
+    if not _active():
+        return [obj]
+    out: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == dst else None
+    dist.gather_object(obj, out, dst=dst)
+    return out
+
+
+__all__ = [
+    "barrier",
+    "reduce_weighted",
+    "any_rank",
+    "broadcast_int",
+    "broadcast_object",
+    "all_gather_object",
+    "gather_object",
+]

@@ -3,6 +3,7 @@ Checkpoint that saves it (`save_checkpoint`) and restores it in two steps (`Chec
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import warnings
@@ -19,6 +20,7 @@ from .checkpoint_format import (
     read_checkpoint,
     write_and_prune,
 )
+from .collectives import all_gather_object, gather_object
 from .data import is_stateful_loader
 
 if TYPE_CHECKING:
@@ -178,17 +180,35 @@ def _restore_loader(dl: Any, state: dict[str, Any] | None) -> None:
     dl.state_dict()
 
 
-def training_state(
-    learn: Learner, epoch: int, iter: int, rng: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """The parts of a checkpoint that resumes `learn` at batch `iter` of `epoch` (`rng`: the
-    random states to save, default this process's)."""
+def local_state(learn: Learner) -> dict[str, Any]:
+    """What each rank holds of its own: random states, callback states (under DDP each rank's
+    share of the epoch's losses and metric sums), accumulated gradients, the loader's state."""
     model = unwrap_model(learn.model)
+    # Gradients exist between optimizer steps only while they accumulate over several batches.
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    return {
+        "rng": rng_state(),
+        "callbacks": callback_states(learn.cbs),
+        "grads": grads,
+        "loader": loader_state(learn.dls.train),
+    }
+
+
+def training_state(
+    learn: Learner,
+    epoch: int,
+    iter: int,
+    mine: dict[str, Any] | None = None,
+    others: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The parts of a checkpoint that resumes `learn` at batch `iter` of `epoch`: this rank's
+    `local_state` (`mine`, default computed here) and, under DDP, ranks 1..'s (`others`)."""
+    mine = local_state(learn) if mine is None else mine
     target = position_target(learn.dls.train)
     parts: dict[str, Any] = {
-        "model": model.state_dict(),
+        "model": unwrap_model(learn.model).state_dict(),
         "optimizer": learn.opt.state_dict() if learn.opt is not None else {},
-        "callbacks": callback_states(learn.cbs),
+        "callbacks": mine["callbacks"],
         "state": {
             "learner": {
                 "epoch": epoch,
@@ -199,16 +219,26 @@ def training_state(
             },
             "data": {
                 "seed": getattr(target[0], "seed", None) if target else None,
-                "loader": loader_state(learn.dls.train),
+                "loader": mine["loader"],
             },
-            "rng": rng if rng is not None else rng_state(),
+            "rng": mine["rng"],
         },
     }
-    # Gradients exist between optimizer steps only while they accumulate over several batches.
-    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
-    if grads:
-        parts["grads"] = grads
+    if mine["grads"]:
+        parts["grads"] = mine["grads"]
+    if others:
+        parts["ranks"] = others
     return parts
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
 
 
 def save_checkpoint(
@@ -217,15 +247,16 @@ def save_checkpoint(
     """Write the checkpoint that resumes `learn` at batch `iter` of `epoch` into `directory`,
     then delete all but the `keep` newest (only now that the new one is complete).
 
-    Under torch.distributed call it on every rank: their random states are gathered, and rank 0
-    writes.
+    Under torch.distributed call it on every rank: each rank's `local_state` is gathered to
+    rank 0 (one gather), which writes the checkpoint alone. A rank that dies before the gather
+    makes rank 0 fail in it, before writing; one that dies after leaves a complete checkpoint.
     """
-
     path = Path(directory) / checkpoint_name(epoch, iter)
-    rng = gathered_rng_state()
-    if rank() != 0:
+    mine = local_state(learn)
+    gathered = gather_object(None if rank() == 0 else _to_cpu(mine))
+    if gathered is None:
         return path
-    parts = training_state(learn, epoch, iter, rng)
+    parts = training_state(learn, epoch, iter, mine, gathered[1:])
     return write_and_prune(path, parts, epoch, iter, learn.train_iter, keep)
 
 
@@ -245,6 +276,27 @@ class Checkpoint:
         self.epoch: int = counters["epoch"]
         self.iter: int = counters["iter"]
 
+    @functools.cached_property
+    def own(self) -> dict[str, Any]:
+        """This rank's `local_state`: rank 0's is spread over the usual parts, that of ranks
+        1.. is in the `ranks` part."""
+        r, parts, others = rank(), self.parts, self.parts.get("ranks") or []
+        if r > 0 and r <= len(others):
+            return others[r - 1]
+        if r > 0:
+            warnings.warn(
+                f"{self.path.name} holds the state of {len(others) + 1} rank(s), this is rank "
+                f"{r}; it takes rank 0's (random states, loader position, epoch sums), so it "
+                f"will not repeat the original run",
+                stacklevel=3,
+            )
+        return {
+            "rng": _own_rng_state(parts["state"]["rng"]),
+            "callbacks": parts["callbacks"],
+            "grads": parts.get("grads", {}),
+            "loader": parts["state"]["data"].get("loader"),
+        }
+
     @property
     def mid_epoch(self) -> bool:
         return self.iter > 0
@@ -257,21 +309,25 @@ class Checkpoint:
 
     @classmethod
     def newest(cls, directory: str | os.PathLike, map_location: Any = None) -> Checkpoint | None:
-        """The newest complete checkpoint in `directory`, falling back past broken ones."""
+        """The newest complete checkpoint in `directory`, falling back past broken ones; under
+        torch.distributed (call it on every rank) the newest that every rank found complete."""
         found = newest_complete(directory)
-        if found is None:
+        # Under DDP every rank must restore the same one: the newest that every rank found
+        # complete (names sort by position; '' where a rank found none, so all start afresh).
+        names = all_gather_object(found[0].name if found else "")
+        agreed = min(names)
+        if not agreed:
             return None
+        if found is None or found[0].name != agreed:
+            return cls.read(Path(directory) / agreed, map_location)
         path, manifest, blobs = found
         return cls(path, manifest, load_parts(path, blobs, map_location))
-
-    def _loader_state(self) -> dict[str, Any] | None:
-        return self.parts["state"]["data"].get("loader")
 
     def restore_fit_start(self, learn: Learner) -> None:
         parts = self.parts
         train = learn.dls.train
         target = position_target(train)
-        stateful = is_stateful_loader(train) and self._loader_state() is not None
+        stateful = is_stateful_loader(train) and self.own["loader"] is not None
         if self.mid_epoch and target is None and not stateful:
             raise ValueError(
                 f"{self.path.name} was taken in the middle of epoch {self.epoch}, but the "
@@ -290,33 +346,35 @@ class Checkpoint:
         seed = parts["state"]["data"]["seed"]
         if target is not None and seed is not None:
             target[0].seed = seed
-        load_callback_states(learn.cbs, parts["callbacks"])
+        load_callback_states(learn.cbs, self.own["callbacks"])
         if not self.mid_epoch:
             self._restore_last(learn)
 
     def restore_train_start(self, learn: Learner) -> None:
         if self.mid_epoch:
-            load_callback_states(learn.cbs, self.parts["callbacks"])
+            load_callback_states(learn.cbs, self.own["callbacks"])
             self._restore_last(learn)
 
     def _restore_last(self, learn: Learner) -> None:
-        grads = self.parts.get("grads", {})
+        grads = self.own["grads"]
         for name, p in unwrap_model(learn.model).named_parameters():
             p.grad = grads[name].to(p.device) if name in grads else None
-        train, saved = learn.dls.train, self._loader_state()
+        train, saved = learn.dls.train, self.own["loader"]
         if self.mid_epoch:
             if not (saved is not None and is_stateful_loader(train)):
                 obj, unit = position_target(train)
                 obj.start = self.iter * unit
             learn.start_at(self.iter)
         _restore_loader(train, saved)
-        set_rng_state(_own_rng_state(self.parts["state"]["rng"]))
+        set_rng_state(self.own["rng"])
 
 
 __all__ = [
     "Checkpoint",
     "save_checkpoint",
     "training_state",
+    "local_state",
+    "loader_state",
     "position_target",
     "callback_states",
     "load_callback_states",
