@@ -27,14 +27,16 @@ from ._util import (
 from .callback import Callback
 from .collectives import (
     _active,
+    all_gather_object,
     any_rank,
     barrier,
     broadcast_int,
     broadcast_object,
+    gather_object,
     reduce_weighted,
 )
 from .learner import FIT_EXTENSIONS, Learner
-from .process_group import _as_timeout, destroy_distributed, init_distributed
+from .process_group import DEFAULT_TIMEOUT, _as_timeout, destroy_distributed, init_distributed
 from .sharding import ShardSampler, shard_loader
 
 
@@ -74,7 +76,8 @@ class DistributedTrainer(Callback):
             with FSDP (`fully_shard`) is never wrapped in DDP and always validates the whole
             set on every rank, since each of its forwards is a collective.
         backend: process-group backend if one has to be created (None: nccl on CUDA, gloo).
-        timeout: seconds (or a timedelta) for the collectives of a group created here.
+        timeout: seconds (or a timedelta) for the collectives of a group created here (default
+            `DEFAULT_TIMEOUT`, 10 minutes).
         **ddp_kwargs: passed to DistributedDataParallel (`find_unused_parameters`, ...).
     """
 
@@ -233,6 +236,9 @@ __all__ = [
     "any_rank",
     "broadcast_int",
     "broadcast_object",
+    "all_gather_object",
+    "gather_object",
+    "DEFAULT_TIMEOUT",
     "ShardSampler",
     "shard_loader",
     "DistributedTrainer",
