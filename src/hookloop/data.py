@@ -259,6 +259,14 @@ class DataLoaders:
         return cls(train, valid)
 
 
+def is_stateful_loader(dl: Any) -> bool:
+    """True for a loader that saves and restores its own position with `state_dict()` /
+    `load_state_dict()` (torchdata's StatefulDataLoader): a resume restores it as it is."""
+    return callable(getattr(dl, "state_dict", None)) and callable(
+        getattr(dl, "load_state_dict", None)
+    )
+
+
 def to_device(b: Any, device: torch.device) -> Any:
     """Move a batch (tensors, possibly nested in tuples, lists and mappings) to `device`.
 

@@ -1,27 +1,21 @@
-"""torch.distributed support: rank helpers, process-group setup, DDP training, reductions."""
+"""torch.distributed training: DistributedTrainer (DDP, sharded data, reduced values), the
+callback `fit` adds under torchrun, and fastai's `learn.distrib_ctx()`.
+
+The helpers it is built on live in `process_group` (setup), `collectives` and `sharding`; they
+are importable from here too.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import datetime
-import os
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
-from torch.utils.data import (
-    DataLoader,
-    DistributedSampler,
-    IterableDataset,
-    RandomSampler,
-    Sampler,
-)
+from torch.utils.data import DataLoader
 
-from ._check import check_int, check_number
 from ._util import (
     is_distributed,
     is_rank_zero,
@@ -31,196 +25,19 @@ from ._util import (
     world_size,
 )
 from .callback import Callback
+from .collectives import (
+    _active,
+    all_gather_object,
+    any_rank,
+    barrier,
+    broadcast_int,
+    broadcast_object,
+    gather_object,
+    reduce_weighted,
+)
 from .learner import FIT_EXTENSIONS, Learner
-
-
-def barrier() -> None:
-    """Wait for every rank (no-op outside a process group of two or more)."""
-    if is_distributed() and dist.get_world_size() > 1:
-        dist.barrier()
-
-
-def _as_timeout(timeout: Any) -> datetime.timedelta | None:
-    if timeout is None or isinstance(timeout, datetime.timedelta):
-        return timeout
-    check_number("timeout", timeout, positive=True, what="positive seconds or a timedelta")
-    return datetime.timedelta(seconds=timeout)
-
-
-def init_distributed(backend: str | None = None, timeout: Any = None) -> bool:
-    """Create the default process group from torchrun's environment; True if it was created.
-
-    Nothing happens (False) when a group already exists or `WORLD_SIZE` is missing or 1.
-    The backend is nccl when CUDA is available (each process then uses GPU `LOCAL_RANK`),
-    gloo otherwise. `timeout` (seconds or a timedelta) bounds every collective: a rank that
-    stops answering makes the others fail after it instead of waiting forever.
-    """
-    timeout = _as_timeout(timeout)
-    if is_distributed() or not dist.is_available() or world_size() < 2:
-        return False
-    missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
-    if missing:
-        raise RuntimeError(
-            f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {', '.join(missing)} not set: start the "
-            f"script with torchrun, or call torch.distributed.init_process_group yourself"
-        )
-    cuda = torch.cuda.is_available()
-    if backend is None:
-        backend = "nccl" if cuda else "gloo"
-    if cuda:
-        torch.cuda.set_device(local_rank())
-    kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
-    dist.init_process_group(backend, **kwargs)
-    return True
-
-
-def destroy_distributed() -> None:
-    """Destroy the default process group if there is one."""
-    if is_distributed():
-        dist.destroy_process_group()
-
-
-def _comm_device() -> torch.device:
-    # nccl reduces CUDA tensors only; gloo takes CPU tensors.
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def _active() -> bool:
-    return is_distributed() and dist.get_world_size() > 1
-
-
-def reduce_weighted(pairs: dict[str, tuple[float, int]]) -> dict[str, float]:
-    """Per name, the mean over ranks of `value` weighted by `count`: sum(v*c) / sum(c).
-
-    One all_reduce for all names. A rank with count 0 adds nothing; a name with no samples on
-    any rank is NaN; a NaN with samples on any rank makes the result NaN on every rank.
-    Outside a process group the values come back unchanged.
-    """
-    if not _active():
-        return {k: float(v) for k, (v, _) in pairs.items()}
-    names = list(pairs)
-    rows = [[float(v) * c if c else 0.0, float(c)] for v, c in pairs.values()]
-    t = torch.tensor(rows, dtype=torch.float64, device=_comm_device()).reshape(-1, 2)
-    dist.all_reduce(t)
-    return {k: s / c if c else float("nan") for k, (s, c) in zip(names, t.tolist())}
-
-
-def any_rank(flag: bool) -> bool:
-    """True on every rank when `flag` is true on any rank (one all_reduce; local outside DDP)."""
-    if not _active():
-        return bool(flag)
-    t = torch.tensor([int(bool(flag))], device=_comm_device())
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
-def broadcast_int(value: int, src: int = 0) -> int:
-    """Rank `src`'s `value` on every rank (local outside DDP)."""
-    if not _active():
-        return int(value)
-    t = torch.tensor([int(value)], dtype=torch.int64, device=_comm_device())
-    dist.broadcast(t, src)
-    return int(t.item())
-
-
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Rank `src`'s picklable `obj` on every rank (`obj` itself outside DDP)."""
-    if not _active():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src)
-    return box[0]
-
-
-class ShardSampler(Sampler[int]):
-    """Indices `rank, rank + world_size, ...` of a dataset of `n` items: a split without repeats.
-
-    Used for validation, where repeating samples (as DistributedSampler pads) would bias the
-    metrics; ranks may get one sample fewer than others.
-
-    Example:
-        list(ShardSampler(5, rank=1, world_size=2))   # [1, 3]
-
-    Args:
-        n: number of items.
-        rank: this process's rank.
-        world_size: number of processes.
-    """
-
-    def __init__(self, n: int, rank: int, world_size: int) -> None:
-        check_int("n", n, 0, what="a non-negative int")
-        check_int("world_size", world_size, 1)
-        check_int("rank", rank, 0, below=world_size)
-        self.n, self.rank, self.world_size = n, rank, world_size
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.n, self.world_size))
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.n, self.world_size))
-
-
-def _with_sampler(dl: DataLoader, sampler: Sampler) -> DataLoader:
-    # A copy of `dl` that draws its indices from `sampler`; everything else is kept.
-    kwargs: dict[str, Any] = {
-        "batch_size": dl.batch_size,
-        "sampler": sampler,
-        "num_workers": dl.num_workers,
-        "collate_fn": dl.collate_fn,
-        "pin_memory": dl.pin_memory,
-        "drop_last": dl.drop_last,
-        "timeout": dl.timeout,
-        "worker_init_fn": dl.worker_init_fn,
-        "multiprocessing_context": dl.multiprocessing_context,
-        "generator": dl.generator,
-        "persistent_workers": dl.persistent_workers,
-    }
-    if dl.num_workers > 0:
-        kwargs["prefetch_factor"] = dl.prefetch_factor
-    return DataLoader(dl.dataset, **kwargs)
-
-
-def shard_loader(dl: Any, rank: int, world_size: int, train: bool = True, seed: int = 0) -> Any:
-    """This rank's share of `dl`: its part of each batch (training) or of the samples (valid).
-
-    hookloop's TensorLoader is sharded with `shard` (same global batches as one process with
-    `bs * world_size`); a torch DataLoader gets a DistributedSampler (training, shuffled when
-    `dl` shuffled, with `seed`) or a ShardSampler (validation). A loader already drawing from a
-    DistributedSampler, an IterableDataset's loader (shard it yourself, torch cannot) and
-    None are returned as they are.
-    """
-    if dl is None or world_size < 2:
-        return dl
-    if hasattr(dl, "shard"):
-        return dl.shard(rank, world_size, pad=train)
-    if isinstance(dl, DataLoader):
-        if isinstance(dl.sampler, DistributedSampler) or isinstance(dl.dataset, IterableDataset):
-            return dl
-        if dl.batch_size is None:
-            raise TypeError(
-                "a DataLoader with a custom batch_sampler cannot be sharded automatically; give "
-                "it a batch_sampler that yields this rank's batches (DistributedSampler inside)"
-            )
-        if train:
-            sampler: Sampler = DistributedSampler(
-                dl.dataset,
-                num_replicas=world_size,
-                rank=rank,
-                shuffle=isinstance(dl.sampler, RandomSampler),
-                seed=seed,
-                drop_last=dl.drop_last,
-            )
-        else:
-            sampler = ShardSampler(len(dl.dataset), rank, world_size)
-        return _with_sampler(dl, sampler)
-    warnings.warn(
-        f"{type(dl).__name__} is neither a hookloop TensorLoader nor a torch DataLoader: it is "
-        f"used unsharded, so every rank sees all of it; each rank must yield as many batches",
-        stacklevel=2,
-    )
-    return dl
+from .process_group import DEFAULT_TIMEOUT, _as_timeout, destroy_distributed, init_distributed
+from .sharding import ShardSampler, shard_loader
 
 
 def _is_fsdp(model: nn.Module) -> bool:
@@ -259,7 +76,8 @@ class DistributedTrainer(Callback):
             with FSDP (`fully_shard`) is never wrapped in DDP and always validates the whole
             set on every rank, since each of its forwards is a collective.
         backend: process-group backend if one has to be created (None: nccl on CUDA, gloo).
-        timeout: seconds (or a timedelta) for the collectives of a group created here.
+        timeout: seconds (or a timedelta) for the collectives of a group created here (default
+            `DEFAULT_TIMEOUT`, 10 minutes).
         **ddp_kwargs: passed to DistributedDataParallel (`find_unused_parameters`, ...).
     """
 
@@ -418,6 +236,9 @@ __all__ = [
     "any_rank",
     "broadcast_int",
     "broadcast_object",
+    "all_gather_object",
+    "gather_object",
+    "DEFAULT_TIMEOUT",
     "ShardSampler",
     "shard_loader",
     "DistributedTrainer",

@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 
-import hookloop.checkpoint as checkpoint
+import hookloop.checkpoint_format as checkpoint
 from hookloop import (
     BackupAndRestore,
     Callback,
@@ -105,6 +106,8 @@ def arm_kill_in_write(nth: int, stage: str) -> None:
             die()
         return prune(*args, **kwargs)
 
+    # The checkpoint directory format (hookloop.checkpoint_format) calls these through its own
+    # module globals, so replacing them there reaches every write.
     checkpoint.write_checkpoint = counting_write_checkpoint
     checkpoint._write_file = killing_write_file
     checkpoint.fsync_dir = killing_fsync_dir
@@ -124,6 +127,26 @@ class NoisyDataset(Dataset):
         return self.x[i] + 0.1 * torch.randn(self.x.shape[1]), self.y[i]
 
 
+class NoisyStream(IterableDataset):
+    """An endless stream of the samples with noise, keeping its position (torchdata's Stateful
+    protocol: a StatefulDataLoader saves it). Each sample's noise depends on its position only."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y, self.pos = x, y, 0
+
+    def __iter__(self):
+        while True:
+            i, g = self.pos % len(self.x), torch.Generator().manual_seed(self.pos)
+            self.pos += 1
+            yield self.x[i] + 0.1 * torch.randn(self.x.shape[1], generator=g), self.y[i]
+
+    def state_dict(self) -> dict:
+        return {"pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pos = state["pos"]
+
+
 def make_data(loader: str) -> DataLoaders:
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(56, 6, generator=g), torch.randint(0, 3, (56,), generator=g)
@@ -135,6 +158,12 @@ def make_data(loader: str) -> DataLoaders:
         return DataLoaders(train, DataLoader(TensorDataset(xv, yv), batch_size=16))
     if loader == "workers":
         train = DataLoader(NoisyDataset(xt, yt), batch_size=8, shuffle=True, num_workers=2)
+        return DataLoaders(train, DataLoader(TensorDataset(xv, yv), batch_size=16))
+    if loader == "stateful":  # torchdata's resumable loader, shuffled, over a map-style dataset
+        train = StatefulDataLoader(TensorDataset(xt, yt), batch_size=8, shuffle=True)
+        return DataLoaders(train, DataLoader(TensorDataset(xv, yv), batch_size=16))
+    if loader == "stream":  # an endless stream, run with steps_per_epoch
+        train = StatefulDataLoader(NoisyStream(xt, yt), batch_size=8)
         return DataLoaders(train, DataLoader(TensorDataset(xv, yv), batch_size=16))
     raise ValueError(f"unknown loader {loader!r}")
 
@@ -168,7 +197,7 @@ def user_script(config: dict, workdir: Path) -> None:
     )
     learn.logger = lambda line: None
     with learn.no_bar():
-        history = learn.fit(N_EPOCH)
+        history = learn.fit(N_EPOCH, steps_per_epoch=config.get("steps"))
     rec = learn.recorder
     result = {
         "model": learn.model.state_dict(),

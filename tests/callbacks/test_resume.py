@@ -20,7 +20,6 @@ from hookloop import BackupAndRestore, Callback, DataLoaders, Learner, Resumable
 from hookloop.checkpoint import list_checkpoints, safe_load
 
 WORKER = Path(__file__).with_name("resume_worker.py")
-BATCHES = N_EPOCH * (6 + 1)  # per run: 6 training and 1 validation batch per epoch
 # save_freq=3 backs up after training batches 3, 6, 9, ...: (epoch, next batch) of each backup.
 BACKUPS_EVERY_3 = ["ckpt-e000000-i00000003", "ckpt-e000000-i00000006", "ckpt-e000001-i00000003"]
 CONFIGS = {
@@ -28,7 +27,13 @@ CONFIGS = {
     "tensor-epoch": ({"loader": "tensor", "save_freq": "epoch"}, 6),
     "torch-every-2": ({"loader": "torch", "save_freq": 2}, 6),
     "workers-epoch": ({"loader": "workers", "save_freq": "epoch"}, 2),
+    # torchdata's StatefulDataLoader: its own state_dict() is the data position.
+    "stateful-every-2": ({"loader": "stateful", "save_freq": 2}, 4),
+    # An endless stream of 5 batches an epoch: the loader's iterator carries over epochs.
+    "stream-every-3": ({"loader": "stream", "save_freq": 3, "steps": 5}, 4),
+    "stream-epoch": ({"loader": "stream", "save_freq": "epoch", "steps": 5}, 2),
 }
+STATEFUL = ("stateful-every-2", "stream-every-3", "stream-epoch")
 # SIGKILL inside the n-th checkpoint write, at these stages (see resume_worker.arm_kill_in_write).
 WRITE_KILLS = [(1, "file:0"), (2, "half:1"), (3, "file:4"), (2, "rename"), (3, "prune")]
 
@@ -41,7 +46,9 @@ def kill_runs(tmp_path_factory):
     runs, cases = [], []
     for name, (config, n_points) in CONFIGS.items():
         runs.append({"dir": str(root / name / "ref"), "phases": [config]})
-        for k in sorted(rng.sample(range(1, BATCHES + 1), n_points)):
+        # Kill points: training batches (6 an epoch, or `steps`) and 1 validation batch an epoch.
+        batches = N_EPOCH * (config.get("steps", 6) + 1)
+        for k in sorted(rng.sample(range(1, batches + 1), n_points)):
             killed = {**config, "kill": {"batch": k}}
             runs.append({"dir": str(root / name / f"batch-{k}"), "phases": [killed, config]})
             cases.append((name, f"batch-{k}"))
@@ -50,6 +57,10 @@ def kill_runs(tmp_path_factory):
         killed = {**config, "kill": {"write": nth, "stage": stage}}
         case = f"write-{nth}-{stage.replace(':', '-')}"
         runs.append({"dir": str(root / "tensor-every-3" / case), "phases": [killed, config]})
+    # A stream killed inside a write: the previous backup holds the loader's position.
+    killed = {**CONFIGS["stream-every-3"][0], "kill": {"write": 3, "stage": "half:1"}}
+    phases = [killed, CONFIGS["stream-every-3"][0]]
+    runs.append({"dir": str(root / "stream-every-3" / "write-3-half-1"), "phases": phases})
     spec = root / "spec.json"
     spec.write_text(json.dumps({"out": str(root / "ends.json"), "runs": runs}))
     proc = subprocess.run(
@@ -87,6 +98,33 @@ def test_run_killed_at_random_batches_resumes_bit_identical(kill_runs):
     assert (0, 0) in positions
     assert any(e > 0 and i == 0 for e, i in positions)
     assert any(i > 0 for e, i in positions)
+
+
+def test_stateful_and_streaming_loaders_resume_mid_epoch_bit_identical(kill_runs):
+    root, ends, cases, stderr = kill_runs
+    positions = {name: set() for name in STATEFUL}
+    for name, case in cases:
+        if name in STATEFUL:
+            folder = root / name / case
+            assert ends[folder][0].get("signal") == 9, (case, ends[folder], stderr)
+            resumed = _result(folder)
+            assert differences(_result(root / name / "ref"), resumed) == [], (name, case)
+            positions[name].add(_position(resumed["restored_from"]))
+    # Mid-epoch positions come from the loader's own state_dict (no sampler can skip a stream).
+    assert any(i > 0 for _, i in positions["stateful-every-2"])
+    assert any(i > 0 for _, i in positions["stream-every-3"])
+    # Epoch backups of a stream resume the carried iterator, not the stream's start.
+    assert any(e > 0 for e, _ in positions["stream-epoch"])
+
+
+def test_stream_killed_during_a_write_resumes_from_the_previous_backup(kill_runs):
+    root, ends, _, stderr = kill_runs
+    folder = root / "stream-every-3" / "write-3-half-1"
+    assert ends[folder][0].get("signal") == 9, (ends[folder], stderr)
+    resumed = _result(folder)
+    # Backups after batches 3 and 6 (the stream's epoch has 5): (0, 3) and (1, 1).
+    assert Path(resumed["restored_from"]).name == "ckpt-e000001-i00000001"
+    assert differences(_result(root / "stream-every-3" / "ref"), resumed) == []
 
 
 def test_resumed_csv_keeps_the_killed_runs_rows_with_their_time(kill_runs):

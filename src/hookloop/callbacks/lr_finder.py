@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._check import check_int, check_number
-from .._util import in_notebook, unwrap_model
-from ..distributed import any_rank, broadcast_object, world_size
+from .._util import in_notebook, unwrap_model, world_size
+from ..collectives import any_rank, broadcast_object
 from ..events import CancelFitException, CancelValidException
 from ..learner import Learner
 from ..schedules import SchedExp

@@ -15,16 +15,15 @@ from torch.utils.data import BatchSampler, DataLoader, IterableDataset, Sampler
 from .._check import check_int
 from .._util import is_rank_zero
 from ..callback import Callback
-from ..checkpoint import (
+from ..checkpoint_format import (
     MANIFEST,
-    Checkpoint,
     is_checkpoint_name,
     leftover_temporaries,
     list_checkpoints,
-    position_target,
-    save_checkpoint,
 )
+from ..data import is_stateful_loader
 from ..learner import FIT_EXTENSIONS
+from ..training_state import Checkpoint, position_target, save_checkpoint
 
 
 def _epoch_generator(seed: int, epoch: int, salt: int) -> torch.Generator:
@@ -82,13 +81,15 @@ class ResumableSampler(Sampler[int]):
 def make_resumable(dl: Any, seed: int | None = None) -> bool:
     """Make `dl` able to restart at `(epoch, batch)`; True when it can (changed in place).
 
-    hookloop's TensorLoader already can. A torch DataLoader over a map-style dataset gets its
-    sampler wrapped in a ResumableSampler seeded by `seed` (default: the loader's generator's
-    seed, else `torch.initial_seed()`). Other loaders are left alone (False).
+    hookloop's TensorLoader already can, and so can a loader that saves its own position
+    (`state_dict()`, torchdata's StatefulDataLoader: a backup holds that state). A torch
+    DataLoader over a map-style dataset gets its sampler wrapped in a ResumableSampler seeded by
+    `seed` (default: the loader's generator's seed, else `torch.initial_seed()`). Other loaders
+    are left alone (False).
     """
     if dl is None:
         return False
-    if position_target(dl) is not None:
+    if position_target(dl) is not None or is_stateful_loader(dl):
         return True
     if not isinstance(dl, DataLoader) or isinstance(dl.dataset, IterableDataset):
         return False
