@@ -179,7 +179,7 @@ def user_script(config: dict, workdir: Path) -> None:
     backup = BackupAndRestore(workdir / "backup", save_freq=config["save_freq"])
     cbs = [
         backup,
-        CSVLogger("log.csv", append=False),
+        CSVLogger(fname="log.csv", append=False),
         MixUp(0.4),
         GradientAccumulation(n_acc=16),
         # Callbacks with state of their own, and a schedule driven by pct_train.
