@@ -254,6 +254,30 @@ class CountAllReduces(Callback):
         self.learn.model.register_comm_hook(None, hook)
 
 
+class OwnLoss(nn.Module):
+    """A Hugging Face-shaped model: keyword inputs, a dict output with its own `loss`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(4, 2)
+
+    def forward(self, x, labels=None):
+        logits = self.lin(x)
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = nn.functional.cross_entropy(logits, labels)
+        return out
+
+
+def _dict_learner(bs: int, path: Path) -> Learner:
+    xt, yt, xv, yv = _data()
+    train = [{"x": xt[i], "labels": yt[i]} for i in range(len(xt))]
+    valid = [{"x": xv[i], "labels": yv[i]} for i in range(len(xv))]
+    dls = DataLoaders.from_datasets(train, valid, bs=bs, shuffle=False)
+    return Learner(OwnLoss(), dls, lr=1e-2, metrics=accuracy, path=path, device="cpu")
+
+
 def _ddp_scenario(rank_: int, folder: Path) -> None:
     results: dict = {}
     # 1. The same script as the single-process reference, with half the batch per rank.
@@ -314,6 +338,11 @@ def _ddp_scenario(rank_: int, folder: Path) -> None:
     learn.fit(3)
     results["acc_weights"] = {k: v.clone() for k, v in learn.model.state_dict().items()}
     results["acc_allreduces"] = len(counter.calls)
+    # 8. Dict batches and a model that computes its own loss (Hugging Face's shape).
+    learn = _dict_learner(bs=8, path=folder)
+    learn.fit(2)
+    results["dict_weights"] = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    results["dict_rows"] = learn.recorder.rows
     torch.save(results, folder / f"result{rank_}.pt")
 
 
@@ -418,6 +447,21 @@ def test_torch_dataloaders_are_sharded_and_validation_is_exact(ddp_run):
     assert torch.equal(results[0]["dl_weight"], results[1]["dl_weight"])
     for res in results:
         assert res["dl_valid_loss"] == pytest.approx(res["dl_full_valid_loss"], abs=1e-6)
+
+
+def test_dict_batches_with_the_models_own_loss_train_like_one_process_with_twice_the_batch(
+    ddp_run, tmp_path
+):
+    _, _, results, _ = ddp_run
+    single = _dict_learner(bs=16, path=tmp_path)
+    single.logger = lambda line: None
+    single.fit(2)
+    for res in results:
+        for k, v in single.model.state_dict().items():
+            torch.testing.assert_close(res["dict_weights"][k], v, atol=1e-6, rtol=0)
+        assert res["dict_rows"][-1]["accuracy"] == pytest.approx(
+            single.recorder.rows[-1]["accuracy"], abs=1e-6
+        )
 
 
 def test_fsdp_sharded_model_trains_like_one_process_with_twice_the_batch(ddp_run):

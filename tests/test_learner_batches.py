@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import UserDict
 
 import pytest
@@ -9,7 +10,19 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
-from hookloop import LambdaCallback, Learner, ProgressBar, accuracy
+from hookloop import (
+    EMA,
+    BackupAndRestore,
+    Callback,
+    GradientAccumulation,
+    GradientClip,
+    LambdaCallback,
+    Learner,
+    MixedPrecision,
+    ProgressBar,
+    TerminateOnNaN,
+    accuracy,
+)
 from hookloop.data import find_bs, to_device
 
 
@@ -210,3 +223,91 @@ def test_the_progress_bar_of_a_stream_has_no_total(capsys):
         1, cbs=LambdaCallback(after_batch=lambda: totals.append(learn.progress_bar.bar.total))
     )
     assert totals == [None, None, None]
+
+
+class OwnLossClassifier(nn.Module):
+    """Hugging Face's shape: keyword inputs, a dict output carrying its own loss and logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(4, 2)
+
+    def forward(self, x, labels=None):
+        logits = self.lin(x)
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = nn.functional.cross_entropy(logits, labels)
+        return out
+
+
+def _own_loss_learner(tmp_path, bs=8, **kwargs):
+    # 32 training and 16 validation rows; the label says whether x0 > 0.
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(48, 4, generator=g)
+    y = (x[:, 0] > 0).long()
+    rows = [{"x": x[i], "labels": y[i]} for i in range(48)]
+    train, valid = DataLoader(rows[:32], batch_size=bs), DataLoader(rows[32:], batch_size=16)
+    learn = Learner(OwnLossClassifier(), (train, valid), metrics=accuracy, lr=1e-1, path=tmp_path)
+    learn.remove_cb(learn.progress_bar)
+    learn.logger = lambda line: None
+    for name, value in kwargs.items():
+        setattr(learn, name, value)
+    return learn
+
+
+@pytest.mark.parametrize(
+    "make_cb",
+    [
+        lambda: MixedPrecision(torch.bfloat16),
+        lambda: GradientClip(1.0),
+        lambda: EMA(decay=0.5),
+        lambda: TerminateOnNaN(),
+        lambda: GradientAccumulation(steps=2),
+    ],
+    ids=["MixedPrecision", "GradientClip", "EMA", "TerminateOnNaN", "GradientAccumulation"],
+)
+def test_each_training_callback_trains_a_model_with_its_own_loss(tmp_path, make_cb):
+    learn = _own_loss_learner(tmp_path)
+    learn.fit(3, cbs=make_cb())
+    losses = [row["valid_loss"] for row in learn.recorder.rows]
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+
+
+def test_gradient_accumulation_of_two_batches_of_8_equals_batches_of_16_with_the_models_loss(
+    tmp_path,
+):
+    accumulated = _own_loss_learner(tmp_path, bs=8)
+    accumulated.fit(2, cbs=GradientAccumulation(steps=2))
+    whole = _own_loss_learner(tmp_path, bs=16)
+    whole.fit(2)
+    torch.testing.assert_close(accumulated.model.lin.weight, whole.model.lin.weight)
+
+
+def test_schedules_and_the_lr_finder_run_on_a_model_with_its_own_loss(tmp_path):
+    learn = _own_loss_learner(tmp_path)
+    suggestion = learn.lr_find(num_it=8, show_plot=False)
+    assert suggestion.valley > 0
+    learn.fit_one_cycle(2, lr_max=1e-1)
+    assert learn.recorder.lrs[0] == pytest.approx(1e-1 / 25)
+
+
+def test_save_load_and_backup_resume_a_model_with_its_own_loss(tmp_path):
+    reference = _own_loss_learner(tmp_path / "ref")
+    reference.fit(3)
+    learn = _own_loss_learner(tmp_path / "run")
+
+    class Crash(Callback):
+        def after_epoch(self):
+            if self.learn.epoch == 1:
+                raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        learn.fit(3, cbs=[BackupAndRestore(tmp_path / "backup"), Crash()])
+    resumed = _own_loss_learner(tmp_path / "run")
+    resumed.fit(3, cbs=BackupAndRestore(tmp_path / "backup"))
+    assert torch.equal(resumed.model.lin.weight, reference.model.lin.weight)
+    resumed.save("m")
+    fresh = _own_loss_learner(tmp_path / "run")
+    fresh.load("m")
+    assert torch.equal(fresh.model.lin.weight, reference.model.lin.weight)
