@@ -305,7 +305,10 @@ def test_save_load_and_backup_resume_a_model_with_its_own_loss(tmp_path):
     with pytest.raises(RuntimeError, match="killed"):
         learn.fit(3, cbs=[BackupAndRestore(tmp_path / "backup"), Crash()])
     resumed = _own_loss_learner(tmp_path / "run")
-    resumed.fit(3, cbs=BackupAndRestore(tmp_path / "backup"))
+    epochs_run = []
+    count = LambdaCallback(before_epoch=lambda: epochs_run.append(resumed.epoch))
+    resumed.fit(3, cbs=[BackupAndRestore(tmp_path / "backup"), count])
+    assert epochs_run == [1, 2]  # epoch 0 from the backup; the crash preceded epoch 1's backup
     assert torch.equal(resumed.model.lin.weight, reference.model.lin.weight)
     resumed.save("m")
     fresh = _own_loss_learner(tmp_path / "run")
