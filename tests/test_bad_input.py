@@ -9,22 +9,27 @@ import warnings
 
 import pytest
 import torch
+from torch import nn
 
 from conftest import tiny_learner
 from hookloop import (
+    Callback,
     CSVLogger,
     CutMix,
     DataLoaders,
     EarlyStopping,
     GradientAccumulation,
     GradientClip,
+    Learner,
     LRFinder,
+    Metric,
     MixedPrecision,
     MixUp,
     ModelCheckpoint,
     Recorder,
     SaveModel,
     TerminateOnNaN,
+    accuracy,
 )
 from hookloop.callbacks.ema import EMA
 from hookloop.callbacks.keras_lr import ReduceLROnPlateau
@@ -398,3 +403,164 @@ def test_lr_find_still_takes_one_function_or_none():
     result = learn.lr_find(num_it=10, suggest_funcs=minimum, show_plot=False)
     assert math.isfinite(result.minimum)
     assert learn.lr_find(num_it=10, suggest_funcs=None, show_plot=False) is None
+
+
+# ---- one batch through the model, the loss and the metrics before training -------------------
+
+
+def _wrong_width_valid(tmp_path=None, **kwargs):
+    # Training data has 4 features, the validation data 5: the model is Linear(4, 2).
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 4, generator=g), torch.randint(0, 2, (8,), generator=g)
+    xv, yv = torch.randn(4, 5, generator=g), torch.randint(0, 2, (4,), generator=g)
+    dls = DataLoaders.from_tensors(x, y, valid=(xv, yv), bs=4, shuffle=False)
+    learn = Learner(nn.Linear(4, 2), dls, nn.CrossEntropyLoss(), device="cpu", **kwargs)
+    learn.logger = lambda line: None
+    return learn
+
+
+def test_a_validation_set_with_the_wrong_feature_count_fails_before_the_first_step(tmp_path):
+    learn = _wrong_width_valid(path=tmp_path)
+    before = _weights(learn)
+    with pytest.raises(RuntimeError) as info:
+        learn.fit(1, cbs=CSVLogger())
+    note = "\n".join(info.value.__notes__)
+    assert "in the check before training: 2 samples of the validation set" in note
+    assert "through the model (inputs float32 [2, 5]; targets int64 [2])" in note
+    assert _unchanged(learn, before)
+    assert _files(tmp_path) == []  # CSVLogger's before_fit did not run
+
+
+def test_the_check_leaves_modes_random_state_and_loop_state_as_they_were():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    learn = tiny_learner()
+    learn.model = model
+    stats = model[2].running_mean.clone()
+    state = torch.get_rng_state()
+    learn._check_first_batch()
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(model[2].running_mean, stats)  # eval mode: no statistics updated
+    assert all(m.training for m in model.modules())
+    assert learn.xb == () and learn.yb == () and learn.pred is None
+
+
+def test_a_seeded_fit_is_bit_identical_with_the_check(tmp_path):
+    # A DataLoader's iterator would draw its base seed from the global generator; the check
+    # collates the first samples itself, so a shuffled torch DataLoader sees the same order.
+    def run():
+        torch.manual_seed(0)
+        ds = torch.utils.data.TensorDataset(torch.randn(32, 4), torch.randint(0, 2, (32,)))
+        dls = DataLoaders.from_datasets(ds, ds, bs=8)
+        learn = Learner(nn.Linear(4, 2), dls, nn.CrossEntropyLoss(), device="cpu")
+        learn.logger = lambda line: None
+        learn.fit(2)
+        return _weights(learn), torch.get_rng_state()
+
+    (w1, s1), (w2, s2) = run(), run()
+    assert all(torch.equal(a, b) for a, b in zip(w1, w2)) and torch.equal(s1, s2)
+    torch.manual_seed(0)
+    ds = torch.utils.data.TensorDataset(torch.randn(32, 4), torch.randint(0, 2, (32,)))
+    learn = Learner(nn.Linear(4, 2), DataLoaders.from_datasets(ds, ds, bs=8), device="cpu")
+    state = torch.get_rng_state()
+    learn._check_first_batch()
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_the_check_is_skipped_when_a_callback_transforms_the_validation_batches():
+    class Narrow(Callback):
+        def before_batch(self):
+            self.learn.xb = (self.learn.xb[0][:, :4],)  # makes the 5-wide set fit
+
+    learn = _wrong_width_valid()
+    learn.fit(1, cbs=Narrow())  # no false alarm
+
+
+def test_the_check_is_skipped_for_a_loader_it_cannot_peek_without_iterating():
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            yield from zip(torch.randn(4, 5), torch.randint(0, 2, (4,)))
+
+    learn = tiny_learner()
+    learn.dls.loaders[1] = torch.utils.data.DataLoader(Stream(), batch_size=2)
+    before = _weights(learn)
+    with pytest.raises(RuntimeError) as info:
+        learn.fit(1)  # fails at the first validation batch, after the epoch's training
+    assert "in validation batch 0 of epoch 0" in "\n".join(info.value.__notes__)
+    assert not _unchanged(learn, before)
+
+
+def test_a_metric_that_raises_is_named_before_the_first_step(tmp_path):
+    def broken(pred, targ):
+        raise ValueError("boom")
+
+    learn = tiny_learner(metrics=broken, path=tmp_path)
+    before = _weights(learn)
+    with pytest.raises(ValueError, match="boom") as info:
+        learn.fit(1, cbs=CSVLogger())
+    assert "in metric 'broken' (AvgMetric), run on one batch before training" in (
+        info.value.__notes__
+    )
+    assert not any("Recorder" in n for n in info.value.__notes__)
+    assert _unchanged(learn, before)
+    assert _files(tmp_path) == []
+
+
+def test_a_metric_that_returns_a_string_is_a_type_error_naming_it():
+    def wordy(pred, targ):
+        return "good"
+
+    learn = tiny_learner(metrics=wordy)
+    before = _weights(learn)
+    with pytest.raises(TypeError, match=re.escape("metric 'wordy' returned str 'good'")):
+        learn.fit(1)
+    assert _unchanged(learn, before)
+
+
+def test_a_metric_object_with_a_string_value_is_a_type_error_naming_it():
+    class Label(Metric):
+        def reset(self):
+            pass
+
+        def accumulate(self, learn):
+            pass
+
+        @property
+        def value(self):
+            return "n/a"
+
+    learn = tiny_learner(metrics=Label())
+    with pytest.raises(TypeError, match=re.escape("metric 'label' (Label) has the value str")):
+        learn.fit(1)
+
+
+def test_metrics_are_checked_on_the_training_set_when_there_is_no_validation_set():
+    def wordy(pred, targ):
+        return "good"
+
+    learn = tiny_learner(metrics=wordy)
+    learn.dls.loaders[1] = None
+    before = _weights(learn)
+    with pytest.raises(TypeError, match="metric 'wordy'"):
+        learn.fit(1)
+    assert _unchanged(learn, before)
+
+
+def test_the_checked_metrics_start_the_fit_empty():
+    learn = tiny_learner(metrics=accuracy)
+    learn.fit(1)
+    assert learn.metrics[0].n_samples == 4  # the validation set, not 2 more from the check
+
+
+def test_float_targets_with_no_loss_function_name_the_inferred_loss_at_the_first_batch():
+    # Float targets infer MSELoss; a model with 2 outputs against (N,) targets cannot use it.
+    x, y = torch.randn(8, 4), torch.randn(8)
+    learn = Learner(nn.Linear(4, 2), DataLoaders.from_tensors(x, y, bs=4), device="cpu")
+    learn.logger = lambda line: None
+    before = _weights(learn)
+    with pytest.raises(RuntimeError) as info, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's own broadcasting warning
+        learn.fit(1)
+    note = "\n".join(info.value.__notes__)
+    assert "targets float32 [4]; loss_func MSELoss (inferred from the targets' dtype" in note
+    assert "pass loss_func=" in note
+    assert _unchanged(learn, before)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 import math
+import random
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from ._check import check_int, check_number
 from ._util import find_bs
@@ -296,6 +298,38 @@ def _as_tensor(name: str, value: Any) -> torch.Tensor:
         return torch.as_tensor(value)
     except (TypeError, RuntimeError, ValueError) as e:
         raise TypeError(f"{wanted}, got {type(value).__name__} ({e})") from None
+
+
+def peek_batch(dl: Any, n: int = 2) -> Any:
+    """A batch of the first `n` samples of `dl`'s data, made without iterating `dl`, or None.
+
+    Iterating would move a stateful loader's position, start worker processes and draw from
+    the global random state (a DataLoader's base seed), so a resumed run would no longer see
+    what the original saw. A TensorLoader is sliced; a DataLoader over a map-style dataset
+    collates `dataset[0:n]` with its own collate_fn, with the random states (torch's CPU
+    generator, `random`, numpy) put back afterwards in case the dataset draws from them. Any
+    other loader (an iterable dataset, a stream, a custom class) gives None.
+    """
+    if isinstance(dl, TensorLoader):
+        return tuple(t[:n] for t in dl.tensors) if dl.n else None
+    if not isinstance(dl, DataLoader) or dl.batch_sampler is None:
+        return None  # not a torch DataLoader, or one that yields samples unbatched
+    ds = dl.dataset
+    if isinstance(ds, IterableDataset) or not hasattr(ds, "__getitem__"):
+        return None
+    try:
+        k = min(n, len(ds))
+    except TypeError:
+        return None
+    if k == 0:
+        return None
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return dl.collate_fn([ds[i] for i in range(k)])
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
 
 
 def is_stateful_loader(dl: Any) -> bool:
