@@ -425,8 +425,8 @@ def test_a_validation_set_with_the_wrong_feature_count_fails_before_the_first_st
     with pytest.raises(RuntimeError) as info:
         learn.fit(1, cbs=CSVLogger())
     note = "\n".join(info.value.__notes__)
-    assert "in the check before training: 2 samples of the validation set" in note
-    assert "through the model (inputs float32 [2, 5]; targets int64 [2])" in note
+    assert "in the check before training: the first batch of the validation set" in note
+    assert "through the model (inputs float32 [4, 5]; targets int64 [4])" in note
     assert _unchanged(learn, before)
     assert _files(tmp_path) == []  # CSVLogger's before_fit did not run
 
@@ -548,7 +548,28 @@ def test_metrics_are_checked_on_the_training_set_when_there_is_no_validation_set
 def test_the_checked_metrics_start_the_fit_empty():
     learn = tiny_learner(metrics=accuracy)
     learn.fit(1)
-    assert learn.metrics[0].n_samples == 4  # the validation set, not 2 more from the check
+    assert learn.metrics[0].n_samples == 4  # the validation set, not 4 more from the check
+
+
+def test_a_metric_whose_value_fails_on_one_batch_is_left_to_the_epoch():
+    # An AUC-like value of one batch may fail where the epoch's would not: only accumulate and
+    # the type of a value that computes are checked.
+    class NeedsTwoBatches(Metric):
+        def reset(self):
+            self.n = 0
+
+        def accumulate(self, learn):
+            self.n += 1
+
+        @property
+        def value(self):
+            if self.n < 2:
+                raise ValueError("needs two batches")
+            return float(self.n)
+
+    learn = tiny_learner(n_valid=8, bs=2, metrics=NeedsTwoBatches())  # 2 valid batches of 4
+    learn.fit(1)
+    assert learn.recorder.rows[-1]["needstwobatches"] == 2.0
 
 
 def test_float_targets_with_no_loss_function_name_the_inferred_loss_at_the_first_batch():

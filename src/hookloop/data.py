@@ -300,25 +300,27 @@ def _as_tensor(name: str, value: Any) -> torch.Tensor:
         raise TypeError(f"{wanted}, got {type(value).__name__} ({e})") from None
 
 
-def peek_batch(dl: Any, n: int = 2) -> Any:
-    """A batch of the first `n` samples of `dl`'s data, made without iterating `dl`, or None.
+def peek_batch(dl: Any) -> Any:
+    """The batch of `dl`'s first samples (as many as its batch size), made without iterating
+    `dl`, or None. Unshuffled, it is the loader's first batch.
 
     Iterating would move a stateful loader's position, start worker processes and draw from
     the global random state (a DataLoader's base seed), so a resumed run would no longer see
     what the original saw. A TensorLoader is sliced; a DataLoader over a map-style dataset
-    collates `dataset[0:n]` with its own collate_fn, with the random states (torch's CPU
-    generator, `random`, numpy) put back afterwards in case the dataset draws from them. Any
-    other loader (an iterable dataset, a stream, a custom class) gives None.
+    collates `dataset[0:batch_size]` (2 samples with a custom batch sampler) with its own
+    collate_fn, with the random states (torch's CPU generator, `random`, numpy) put back
+    afterwards in case the dataset draws from them. Any other loader (an iterable dataset, a
+    stream, a custom class) gives None.
     """
     if isinstance(dl, TensorLoader):
-        return tuple(t[:n] for t in dl.tensors) if dl.n else None
+        return tuple(t[: dl.bs] for t in dl.tensors) if dl.n else None
     if not isinstance(dl, DataLoader) or dl.batch_sampler is None:
         return None  # not a torch DataLoader, or one that yields samples unbatched
     ds = dl.dataset
     if isinstance(ds, IterableDataset) or not hasattr(ds, "__getitem__"):
         return None
     try:
-        k = min(n, len(ds))
+        k = min(dl.batch_size or 2, len(ds))
     except TypeError:
         return None
     if k == 0:

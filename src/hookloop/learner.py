@@ -913,9 +913,9 @@ class Learner:
         return self.recorder.history
 
     def _check_first_batch(self) -> None:
-        """Before before_fit: two samples of the validation set (of the training set when there
-        is none and metrics are set) through the model, in eval mode under no_grad, and through
-        the metrics, so a set that does not fit the model or a broken metric fails now, not
+        """Before before_fit: the first batch of the validation set (of the training set when
+        there is none and metrics are set) through the model, in eval mode under no_grad, and
+        through the metrics, so a set that does not fit the model or a broken metric fails now, not
         after an epoch of training. The loss is not computed (a loss function may keep state).
         Skipped when the batch cannot be had without iterating the loader (see `peek_batch`),
         in a trial run, and when a callback transforms the phase's batches or predictions
@@ -942,10 +942,10 @@ class Learner:
                 try:
                     self.pred = model(*xb) if type(xb) is tuple else model(**xb)
                 except Exception as e:
+                    which = "validation" if valid is not None else "training"
                     e.add_note(
-                        f"in the check before training: {find_bs(yb or xb)} samples of the "
-                        f"{'validation' if valid is not None else 'training'} set through the "
-                        f"model (inputs {_describe(xb)}; targets {_describe(yb)})"
+                        f"in the check before training: the first batch of the {which} set "
+                        f"through the model (inputs {_describe(xb)}; targets {_describe(yb)})"
                     )
                     raise
                 check_metrics(self.metrics, self)
