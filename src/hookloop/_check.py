@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+from pathlib import Path
 from typing import Any
 
 _SAME = object()
@@ -163,4 +164,34 @@ def check_path(
     raise TypeError(f"{prefix}{name} must be {what}, got {type(value).__name__}: {value!r}")
 
 
-__all__ = ["is_int", "is_number", "check_int", "check_number", "check_choice", "check_path"]
+def check_writable_file(path: str | os.PathLike, who: str) -> None:
+    """Raise an OSError naming `who` (e.g. "ModelCheckpoint filepath") if a file cannot be
+    written at `path`: the path is a folder, a file stands where a folder should be, or the
+    nearest existing folder is not writable. Nothing is created: missing folders are made at
+    the first write, as before.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{who}: {str(path)!r} is a folder, a file name is needed")
+    ancestor = path.parent
+    while not ancestor.exists():  # False also below a file (NotADirectoryError inside)
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise NotADirectoryError(
+            f"{who}: cannot write {str(path)!r}: {str(ancestor)!r} is a file, not a folder"
+        )
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"{who}: cannot write {str(path)!r}: the folder {str(ancestor)!r} is not writable"
+        )
+
+
+__all__ = [
+    "is_int",
+    "is_number",
+    "check_int",
+    "check_number",
+    "check_choice",
+    "check_path",
+    "check_writable_file",
+]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 import math
+import random
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from ._check import check_int, check_number
 from ._util import find_bs
@@ -212,11 +214,28 @@ class DataLoaders:
     ) -> DataLoaders:
         """Loaders that slice `x`, `y` directly. The validation split is `valid=(xv, yv)` or a
         seeded random `valid_pct` of the samples (0 or None: no validation set)."""
-        x, y = torch.as_tensor(x), torch.as_tensor(y)
+        x, y = _as_tensor("x", x), _as_tensor("y", y)
         if len(x) != len(y):
             raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
+        check_int("bs", bs, 1)
+        if valid_bs is not None:
+            check_int("valid_bs", valid_bs, 1, what="a positive int or None (2 * bs)")
         if valid is not None:
-            xv, yv = (torch.as_tensor(t) for t in valid)
+            if not isinstance(valid, (tuple, list)) or len(valid) != 2:
+                got = (
+                    f"{type(valid).__name__} of {len(valid)}"
+                    if isinstance(valid, (tuple, list))
+                    else repr(valid)
+                )
+                raise ValueError(f"valid must be a pair (x_valid, y_valid), got {got}")
+            xv, yv = (
+                _as_tensor("valid[0] (x_valid)", valid[0]),
+                _as_tensor("valid[1] (y_valid)", valid[1]),
+            )
+            if len(xv) != len(yv):
+                raise ValueError(
+                    f"valid's x and y must have the same length, got {len(xv)} and {len(yv)}"
+                )
             xt, yt = x, y
         elif valid_pct:
             check_number("valid_pct", valid_pct, positive=True, below=1, what="in (0, 1)")
@@ -248,6 +267,10 @@ class DataLoaders:
         **kwargs: Any,
     ) -> DataLoaders:
         """torch DataLoaders over map-style datasets."""
+        if bs is not None:  # None: torch's DataLoader without batching
+            check_int("bs", bs, 1, what="a positive int or None")
+        if valid_bs is not None:
+            check_int("valid_bs", valid_bs, 1, what="a positive int or None (2 * bs)")
         train = DataLoader(
             train_ds, batch_size=bs, shuffle=shuffle, num_workers=num_workers, **kwargs
         )
@@ -257,6 +280,58 @@ class DataLoaders:
                 valid_ds, batch_size=valid_bs or bs * 2, num_workers=num_workers, **kwargs
             )
         return cls(train, valid)
+
+
+def _as_tensor(name: str, value: Any) -> torch.Tensor:
+    # torch.as_tensor's own error ("Could not infer dtype of NoneType") names no argument.
+    if isinstance(value, torch.Tensor):
+        return value
+    wanted = f"{name} must be a tensor (or an array or a nested list of numbers)"
+    if isinstance(value, Iterator):
+        raise TypeError(
+            f"{wanted}, got {type(value).__name__}: an iterator is read once and has no length; "
+            f"materialise it first, e.g. torch.stack(list(...))"
+        )
+    if value is None or isinstance(value, (str, bytes, Mapping)):
+        raise TypeError(f"{wanted}, got {type(value).__name__}")
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, RuntimeError, ValueError) as e:
+        raise TypeError(f"{wanted}, got {type(value).__name__} ({e})") from None
+
+
+def peek_batch(dl: Any) -> Any:
+    """The batch of `dl`'s first samples (as many as its batch size), made without iterating
+    `dl`, or None. Unshuffled, it is the loader's first batch.
+
+    Iterating would move a stateful loader's position, start worker processes and draw from
+    the global random state (a DataLoader's base seed), so a resumed run would no longer see
+    what the original saw. A TensorLoader is sliced; a DataLoader over a map-style dataset
+    collates `dataset[0:batch_size]` (2 samples with a custom batch sampler) with its own
+    collate_fn, with the random states (torch's CPU generator, `random`, numpy) put back
+    afterwards in case the dataset draws from them. Any other loader (an iterable dataset, a
+    stream, a custom class) gives None.
+    """
+    if isinstance(dl, TensorLoader):
+        return tuple(t[: dl.bs] for t in dl.tensors) if dl.n else None
+    if not isinstance(dl, DataLoader) or dl.batch_sampler is None:
+        return None  # not a torch DataLoader, or one that yields samples unbatched
+    ds = dl.dataset
+    if isinstance(ds, IterableDataset) or not hasattr(ds, "__getitem__"):
+        return None
+    try:
+        k = min(dl.batch_size or 2, len(ds))
+    except TypeError:
+        return None
+    if k == 0:
+        return None
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return dl.collate_fn([ds[i] for i in range(k)])
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
 
 
 def is_stateful_loader(dl: Any) -> bool:

@@ -30,7 +30,7 @@ from ._util import (
     unwrap_model,
 )
 from .callback import Callback, build_dispatch, sort_callbacks, warn_legacy_names
-from .data import DataLoaders, on_device, to_device
+from .data import DataLoaders, on_device, peek_batch, to_device
 from .events import (
     EVENTS,
     CancelBackwardException,
@@ -43,7 +43,7 @@ from .events import (
     CancelValidException,
 )
 from .hyper import check_hyper_value, set_hyper
-from .metrics import as_metric
+from .metrics import as_metric, check_metrics
 from .results import GatherPreds, ValidationResult
 
 # (before, after_cancel, after, exception) for each level of the loop.
@@ -183,6 +183,11 @@ def _note_batch(exc: BaseException, learn: Learner, training: bool) -> None:
         f"in {'training' if training else 'validation'} batch {learn.iter} of epoch "
         f"{learn.epoch}: inputs {_describe(learn.xb)}; targets {_describe(learn.yb)}; "
         f"loss_func {getattr(loss, '__name__', type(loss).__name__)}"
+        + (
+            " (inferred from the targets' dtype, as no loss_func was given: pass loss_func=)"
+            if loss is not None and loss is learn.__dict__.get("_inferred_loss")
+            else ""
+        )
     )
 
 
@@ -316,6 +321,8 @@ class Learner:
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device)
         self.loss_func = loss_func if loss_func is not None else _infer_loss_func(self.dls)
+        # Named in the first-batch error note: the user never chose this loss.
+        self._inferred_loss = None if loss_func is not None else self.loss_func
         if lr is None:
             keywords = getattr(opt_func, "keywords", None) or {}  # functools.partial
             lr = keywords.get("lr", 1e-3)
@@ -899,10 +906,53 @@ class Learner:
         was_in_fit, self._in_fit = self._in_fit, True
         try:
             with self.added_cbs(extra):
+                self._check_first_batch()
                 self._run(self._do_fit, "fit")
         finally:
             self._in_fit = was_in_fit
         return self.recorder.history
+
+    def _check_first_batch(self) -> None:
+        """Before before_fit: the first batch of the validation set (of the training set when
+        there is none and metrics are set) through the model, in eval mode under no_grad, and
+        through the metrics, so a set that does not fit the model or a broken metric fails now, not
+        after an epoch of training. The loss is not computed (a loss function may keep state).
+        Skipped when the batch cannot be had without iterating the loader (see `peek_batch`),
+        in a trial run, and when a callback transforms the phase's batches or predictions
+        (before_batch, after_pred): the raw batch would not be what the model sees. Loop state,
+        modes and random states are put back; nothing is written."""
+        valid = self.dls.valid
+        dl = valid if valid is not None else (self.dls.train if self.metrics else None)
+        if dl is None or self.trial_run:
+            return
+        handlers = self._tables["valid" if valid is not None else "train"]
+        if handlers["before_batch"] or handlers["after_pred"]:
+            return
+        b = peek_batch(dl)
+        if b is None:
+            return
+        model = unwrap_model(self.model)
+        modes = [m.training for m in model.modules()]
+        saved = self.xb, self.yb, self.pred, self.loss
+        try:
+            self._split_batch(b if on_device(b, self.device) else to_device(b, self.device))
+            xb, yb = self.xb, self.yb
+            model.eval()
+            with torch.no_grad():
+                try:
+                    self.pred = model(*xb) if type(xb) is tuple else model(**xb)
+                except Exception as e:
+                    which = "validation" if valid is not None else "training"
+                    e.add_note(
+                        f"in the check before training: the first batch of the {which} set "
+                        f"through the model (inputs {_describe(xb)}; targets {_describe(yb)})"
+                    )
+                    raise
+                check_metrics(self.metrics, self)
+        finally:
+            for m, mode in zip(model.modules(), modes):
+                m.training = mode
+            self.xb, self.yb, self.pred, self.loss = saved
 
     def _eval_run(self, dl: Any) -> None:
         if dl is None:

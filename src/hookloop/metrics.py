@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -246,6 +247,50 @@ def copy_metric(m: Metric) -> Metric:
     c = copy.deepcopy(m)
     c.reset()
     return c
+
+
+def check_metrics(metrics: list, learn: Any) -> None:
+    """Run each metric on the learner's current batch (`learn.pred`, `learn.yb`), read its
+    value, then reset it: a metric whose accumulate raises gets a note naming it, one that gives
+    something other than a number or a tensor is a TypeError naming it. The value is not
+    converted, so a device value is not read on the host."""
+    for m in metrics:
+        try:
+            m.reset()
+            m.accumulate(learn)
+            # AvgMetric folds its function's results later; look at this batch's one now.
+            got = m.vals[-1] if isinstance(m, AvgMetric) and m.vals else None
+        except Exception as e:
+            e.add_note(
+                f"in metric {m.name!r} ({type(m).__name__}), run on one batch before training"
+            )
+            m.reset()
+            raise
+        try:
+            # A value over one batch may legitimately fail where the epoch's would not (an AUC
+            # of a batch holding one class): only its type is checked, when it computes.
+            value = m.value if got is None or _numeric(got) else None
+        except Exception:
+            value = 0.0
+        finally:
+            m.reset()
+        if got is not None and not _numeric(got):
+            raise TypeError(
+                f"metric {m.name!r} returned {type(got).__name__} {got!r:.60} for a batch; a "
+                f"metric function f(pred, *targets) must return a number or a tensor"
+            )
+        if not _numeric(value):
+            raise TypeError(
+                f"metric {m.name!r} ({type(m).__name__}) has the value {type(value).__name__} "
+                f"{value!r:.60}; a metric's value must be a number or a tensor"
+            )
+
+
+def _numeric(value: Any) -> bool:
+    # Tensors, Python and numpy numbers, 0-d arrays: what the Recorder turns into a float.
+    return isinstance(value, (torch.Tensor, numbers.Number)) or (
+        hasattr(type(value), "__float__") and not isinstance(value, (str, bytes))
+    )
 
 
 def accuracy(inp: torch.Tensor, targ: torch.Tensor, axis: int = -1) -> torch.Tensor:

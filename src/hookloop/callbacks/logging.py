@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .._check import check_choice, check_path
+from .._check import check_choice, check_path, check_writable_file
 from .._util import keras_name
 from ..callback import Callback
 from ..checkpoint import atomic_write_bytes
@@ -93,7 +93,9 @@ class CSVLogger(Callback, metaclass=compat.LearnerFirst):
             if separator != "," and not isinstance(separator, bool):
                 raise ValueError(f"separator given twice: {append!r} and {separator!r}")
             append, separator = (separator if isinstance(separator, bool) else False), append
-        name = Path(check_path("fname", next(iter(given.values()), "history.csv")))
+        arg, value = next(iter(given.items()), ("fname", "history.csv"))
+        check_path(arg, value)
+        name = Path(check_path(arg, value, empty=False))  # Path("") would be the folder "."
         if not isinstance(append, bool):
             raise TypeError(f"append must be a bool, got {append!r}")
         if not isinstance(separator, str) or len(separator) != 1:
@@ -136,6 +138,7 @@ class CSVLogger(Callback, metaclass=compat.LearnerFirst):
 
     def before_fit(self) -> None:
         path = self._file_path = self.log_path
+        check_writable_file(path, "CSVLogger")
         header = self._line(self._columns())
         if self._restored:
             self._restored = False

@@ -258,6 +258,29 @@ def suggest(
     return SuggestedLRs(*values), points, names
 
 
+def _check_suggest_funcs(suggest_funcs: Any) -> tuple[Callable, ...]:
+    # Checked before the sweep: a bad suggestion function would otherwise fail after it.
+    wanted = "a suggestion function (valley, slide, minimum, steep), a sequence of them, or None"
+    if callable(suggest_funcs):
+        suggest_funcs = (suggest_funcs,)
+    if not isinstance(suggest_funcs, (list, tuple)):
+        raise TypeError(f"lr_find: suggest_funcs must be {wanted}, got {suggest_funcs!r}")
+    for f in suggest_funcs:
+        if not callable(f) or isinstance(f, type):
+            raise TypeError(f"lr_find: suggest_funcs must be {wanted}, got the item {f!r}")
+    names = [_func_name(f) for f in suggest_funcs]
+    for name in names:
+        # The names are the fields of the returned namedtuple (fastai's SuggestedLRs).
+        if not name.isidentifier() or name.startswith("_"):
+            raise ValueError(
+                f"lr_find: suggest_funcs names fields of the result by function name, and "
+                f"{name!r} is not a usable name; give a def (or a partial of one)"
+            )
+        if names.count(name) > 1:
+            raise ValueError(f"lr_find: suggest_funcs holds two functions named {name!r}")
+    return tuple(suggest_funcs)
+
+
 def lr_find(
     learn: Learner,
     start_lr: float | Sequence[float] = 1e-7,
@@ -269,6 +292,8 @@ def lr_find(
 ) -> Any:
     """Run an LRFinder sweep on `learn`; returns the suggestions (a namedtuple, fastai's
     SuggestedLRs) or None when `suggest_funcs` is None."""
+    if suggest_funcs is not None:
+        suggest_funcs = _check_suggest_funcs(suggest_funcs)
     finder = LRFinder(start_lr, end_lr, num_it, stop_div)
     # Under DDP each rank runs about 1/world_size of the batches per epoch.
     n_epoch = num_it // max(len(learn.dls.train) // world_size(), 1) + 1
@@ -279,8 +304,6 @@ def lr_find(
     recorder.all_losses()  # reads the losses still on the device
     suggestions = None
     if suggest_funcs is not None:
-        if callable(suggest_funcs):
-            suggest_funcs = (suggest_funcs,)
         # Rank 0's losses on every rank, so that all ranks get the same suggestions.
         losses = broadcast_object(recorder.smooth_losses)
         suggestions, result.points, result.names = suggest(

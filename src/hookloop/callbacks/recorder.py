@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._check import check_number
 from .._util import KERAS_TO_CANONICAL, keras_name, save_png
 from ..callback import Callback
 from ..data import find_bs
@@ -19,6 +21,7 @@ from ..metrics import AvgLoss, copy_metric, stack_scalars
 from ..results import History
 from . import plots
 from .float_series import FloatSeries, SeriesDict
+from .nan import TerminateOnNaN
 
 # Training losses wait on the device in a buffer of at most this many batches, then are read
 # in one transfer. 256: a 0-d tensor costs a few hundred bytes of host memory (on a GPU also a
@@ -90,9 +93,11 @@ class Recorder(Callback):
     state_version = 2
 
     def __init__(self, beta: float = 0.98, add_time: bool = True) -> None:
+        check_number("beta", beta, 0, below=1, what="a number in [0, 1)", owner="Recorder")
         self.beta = beta
         self.add_time = add_time
         self._fitting = False
+        self._warned_non_finite = False
         self._mom_key: str | None = None
         self._valid_loss = AvgLoss()
         self._valid_mets: list = []
@@ -215,6 +220,7 @@ class Recorder(Callback):
     def before_fit(self) -> None:
         learn = self.learn
         self._fitting = True
+        self._warned_non_finite = False
         self._reset_batches()
         self.lr_find_result = None
         self._mom_key = None
@@ -296,6 +302,8 @@ class Recorder(Callback):
         # fastai: the smoothed loss at the end of the epoch; Keras's `loss` is the epoch mean.
         self._row["train_loss"] = self._smooth[-1] if total else float("nan")
         self._train_mean = self._epoch_sum / total if total else float("nan")
+        if total and not math.isfinite(self._train_mean):
+            self._warn_non_finite()
         for m in self._train_mets:
             self._row[f"train_{m.name}"] = _to_float(m.value)
         self._counts.update(
@@ -306,6 +314,25 @@ class Recorder(Callback):
         self.iters.append(len(self._raw))
         if self.learn.dls.valid is None:
             self._finish_epoch()
+
+    def _warn_non_finite(self) -> None:
+        # Read from the losses the epoch has read anyway: no extra device sync. Once per fit,
+        # and not when TerminateOnNaN watches (it says so itself) or in a trial run (lr_find's
+        # sweep diverges on purpose).
+        learn = self.learn
+        if self._warned_non_finite or learn.trial_run:
+            return
+        if any(isinstance(cb, TerminateOnNaN) for cb in learn.cbs):
+            return
+        self._warned_non_finite = True
+        warnings.warn(
+            f"epoch {learn.epoch}: the training loss is {self._train_mean} (a NaN or infinity "
+            f"in the inputs or targets, or a learning rate too high); the steps taken on it may "
+            f"have made the weights non-finite. Add TerminateOnNaN() to stop at the first "
+            f"non-finite loss (this warning is shown once per fit)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
     def validation_values(self) -> dict[str, float]:
         """valid_loss and metrics of the current validation phase (final after its last batch).

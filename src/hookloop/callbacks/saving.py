@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .._check import check_choice, check_int, check_number, check_path
+from .._check import check_choice, check_int, check_number, check_path, check_writable_file
 from .._util import keras_name, unwrap_model
 from ..checkpoint import atomic_save
 from ..distributed import is_distributed, is_rank_zero
@@ -109,6 +109,10 @@ class SaveModel(TrackerCallback, metaclass=compat.LearnerFirst):
         self.last_saved_path: Path | None = None
 
     def before_fit(self) -> None:
+        if is_rank_zero():
+            # A bad folder fails now, not at the first save after an epoch of training.
+            name = f"{self.fname}_0" if self.every_epoch else self.fname
+            check_writable_file(self.learn.model_file(name), "SaveModel (learn.path/model_dir)")
         # Saving every k epochs needs no monitor; a monitor the user named is still checked.
         if self.every_epoch and not self._monitor_given:
             return
@@ -217,6 +221,7 @@ class ModelCheckpoint(TrackerCallback):
         if save_freq != "epoch":
             check_int("save_freq", save_freq, 1, what="'epoch' or a positive int (batches)")
         self.filepath = os.fspath(filepath)
+        _check_pattern_syntax(self.filepath)
         self.verbose = verbose
         self.save_best_only = bool(save_best_only)
         self.save_weights_only = bool(save_weights_only)
@@ -237,6 +242,13 @@ class ModelCheckpoint(TrackerCallback):
             self.best = self.initial_value_threshold
         self.batches_since_save = 0
         self._check_pattern()
+        # A bad folder fails now, not at the first save after an epoch of training.
+        check_writable_file(self._sample_path(), "ModelCheckpoint filepath")
+
+    def _sample_path(self) -> str:
+        values: dict[str, Any] = dict.fromkeys(self._keys(), 0.0)
+        values["epoch"] = values["batch"] = 1
+        return self.filepath.format(**values)
 
     def _keys(self) -> list[str]:
         names = self.learn.recorder.recorded_names()
@@ -338,6 +350,26 @@ class ModelCheckpoint(TrackerCallback):
         self.batches_since_save = state["batches_since_save"]
         path = state.get("last_saved_path")
         self.last_saved_path = None if path is None else Path(path)
+
+
+class _SampleValues(dict):
+    """Any key: an int for epoch and batch, a float otherwise (the values a pattern gets)."""
+
+    def __missing__(self, key: str) -> Any:
+        return 1 if key in ("epoch", "batch") else 0.5
+
+
+def _check_pattern_syntax(filepath: str) -> None:
+    # Which names exist is known at the start of fit (they depend on the metrics); whether the
+    # pattern formats at all (`{epoch[0]}`, `{}`, `{val_loss:d}`) is known now.
+    try:
+        filepath.format_map(_SampleValues())
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(
+            f"ModelCheckpoint: filepath {filepath!r} is not a valid pattern: {e} (it is formatted "
+            f"with named values: epoch and batch as ints, the recorded values as floats, e.g. "
+            f"'weights.{{epoch:02d}}-{{val_loss:.2f}}.pth')"
+        ) from None
 
 
 # fastai spelling.

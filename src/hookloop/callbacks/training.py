@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -61,8 +62,9 @@ class MixedPrecision(Callback):
         if dtype not in (torch.float16, torch.bfloat16):
             raise ValueError(f"dtype must be torch.float16 or torch.bfloat16, got {dtype!r}")
         check_number("init_scale", init_scale, positive=True, what="> 0")
-        if not (is_number(growth_factor) and growth_factor > 1):
-            raise ValueError(f"growth_factor must be > 1, got {growth_factor!r}")
+        # An infinite factor would make the scale infinite after `growth_interval` steps.
+        if not (is_number(growth_factor) and 1 < growth_factor < math.inf):
+            raise ValueError(f"growth_factor must be a finite number > 1, got {growth_factor!r}")
         check_number("backoff_factor", backoff_factor, positive=True, below=1, what="in (0, 1)")
         self.dtype = dtype
         self.scaler_kwargs = {
@@ -210,11 +212,12 @@ class GradientClip(Callback):
         if max_norm is None and clip_value is None:
             raise ValueError("GradientClip needs max_norm or clip_value; got None for both")
         # An infinite norm_type is the max-norm; an infinite bound records the norm unclipped.
+        what = "a number > 0 (or inf)"
         if max_norm is not None:
-            check_number("max_norm", max_norm, positive=True, what="> 0", finite=False)
-        check_number("norm_type", norm_type, positive=True, what="> 0", finite=False)
+            check_number("max_norm", max_norm, positive=True, what=what, finite=False)
+        check_number("norm_type", norm_type, positive=True, what=what, finite=False)
         if clip_value is not None:
-            check_number("clip_value", clip_value, positive=True, what="> 0", finite=False)
+            check_number("clip_value", clip_value, positive=True, what=what, finite=False)
         self.max_norm, self.norm_type, self.clip_value = max_norm, float(norm_type), clip_value
         self.last_norm: torch.Tensor | None = None
 
@@ -279,6 +282,7 @@ class GradientAccumulation(Callback):
             self.learn.opt.zero_grad()
 
     def before_fit(self) -> None:
+        self._check_reachable()
         if self._pending is not None:
             state, self._pending = self._pending, None
             self._reset()
@@ -287,6 +291,32 @@ class GradientAccumulation(Callback):
             self._loaded = False  # resuming: keep the restored count and gradients
         else:
             self._reset()  # drop gradients a previous, interrupted fit left behind
+
+    def _check_reachable(self) -> None:
+        # A target the whole fit cannot reach trains every epoch with no optimizer step.
+        learn = self.learn
+        batches = learn.total_iters
+        if batches is None:  # a stream with no length: the fit's size is unknown
+            return
+        if self.steps is not None:
+            if self.steps > batches:
+                raise ValueError(
+                    f"GradientAccumulation: steps={self.steps} micro-batches per optimizer step, "
+                    f"but this fit has {batches} training batches: no step would ever be taken; "
+                    f"lower steps or train longer"
+                )
+            return
+        train = learn.dls.train
+        bs = getattr(train, "bs", None) or getattr(train, "batch_size", None)
+        if not isinstance(bs, int):
+            return
+        most = batches * bs  # at most this many samples reach the accumulation in this fit
+        if self.n_acc > most:
+            raise ValueError(
+                f"GradientAccumulation: n_acc={self.n_acc} samples per optimizer step, but this "
+                f"fit sees at most {most} training samples ({batches} batches of at most {bs}): "
+                f"no step would ever be taken; lower n_acc (or use steps=) or train longer"
+            )
 
     def after_fit(self) -> None:
         self._reset()
