@@ -118,16 +118,12 @@ def test_model_checkpoint_float_arguments_are_checked():
         ModelCheckpoint("w.pth", initial_value_threshold=NAN)
 
 
-# Found by the scan, in modules owned elsewhere (tracker.py, keras_lr.py): recorded here so the
-# fix shows up as an XPASS.
-@pytest.mark.xfail(strict=True, reason="min_delta=inf (tracker.py): nothing ever improves")
 @pytest.mark.parametrize("cls", [EarlyStopping, SaveModel])
 def test_an_infinite_min_delta_is_an_error(cls):
     with pytest.raises(ValueError, match="min_delta"):
         cls(min_delta=INF)
 
 
-@pytest.mark.xfail(strict=True, reason="ReduceLROnPlateau(factor=nan) (keras_lr.py) is accepted")
 def test_a_nan_reduce_lr_factor_is_an_error():
     with pytest.raises(ValueError, match="factor"):
         ReduceLROnPlateau(factor=NAN)

@@ -157,7 +157,7 @@ class ReduceLROnPlateau(Callback):
                 f"ReduceLROnPlateau does not support a factor >= 1.0, got factor={factor!r} "
                 f"(new_lr = lr * factor; fastai's factor=10 is factor=0.1 here)"
             )
-        if factor <= 0:
+        if not factor > 0:  # NaN too
             raise ValueError(f"ReduceLROnPlateau: factor must be > 0, got factor={factor!r}")
         owner = "ReduceLROnPlateau"
         check_int("patience", patience, 0, owner=owner)

@@ -90,7 +90,8 @@ class TrackerCallback(Callback):
         self.monitor = monitor
         self.comp = comp
         self.mode = mode
-        self.min_delta = float(check_number("min_delta", min_delta, 0, typed=True, finite=False))
+        # An infinite min_delta would make every value "no improvement": finite only.
+        self.min_delta = float(check_number("min_delta", min_delta, 0, typed=True))
         self.reset_on_fit = bool(reset_on_fit)
         self.monitor_name: str | None = None  # canonical name, resolved at before_fit
         self.lower_is_better: bool | None = None
