@@ -494,13 +494,15 @@ class Checkpoint:
         if not found:
             return
         n_epoch = self.parts["state"]["learner"].get("n_epoch")
-        finish = f"run fit({n_epoch}) to finish it, or " if self.epoch >= learn.n_epoch else ""
+        if self.epoch >= learn.n_epoch and n_epoch != learn.n_epoch:
+            resume = f"Run fit({n_epoch}) to finish it"
+        else:
+            resume = "Resume it with the same settings"
         raise ResumeMismatchError(
             f"{owner}: cannot resume {self.path.name} in {str(self.path.parent)!r}: "
             f"{'; '.join(found)}. It belongs to another run, or to this one under other "
-            f"settings; resuming it would not continue that run. Resume it with the same "
-            f"settings, {finish}or give this run its own folder (or delete that backup) to "
-            f"start afresh."
+            f"settings; resuming it would not continue that run. {resume}, or give this run its "
+            f"own folder (or delete that backup) to start afresh."
         )
 
     def restore_fit_start(
