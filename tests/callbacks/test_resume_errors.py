@@ -501,3 +501,13 @@ def test_a_kill_during_a_backup_write_leaves_a_temporary_that_the_next_fit_remov
     assert learn.backup_and_restore.restored_from.name == "ckpt-e000000-i00000003"
     assert look.seen == [LOCK_NAME, "ckpt-e000000-i00000003"]  # removed at fit start
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]
+
+
+def test_fit_resume_path_of_another_optimizers_checkpoint_is_an_error_naming_fit_resume(tmp_path):
+    folder = tmp_path / "b"
+    _crashed_backup(folder, at=6)
+    learn = _learner(opt_func=torch.optim.SGD)
+    msg = _fails_before_any_step(
+        learn, 3, ResumeMismatchError, "optimizer", resume=latest_checkpoint(folder)
+    )
+    assert msg.startswith("fit(resume=...): cannot resume ckpt-e000001-i00000000")

@@ -117,6 +117,7 @@ class _Restore(Callback):
     """
 
     order = 1000
+    owner = "resume"  # who says so in an error
 
     def __init__(self) -> None:
         self.restore_from: Path | None = None  # one-shot source given by fit(resume=path)
@@ -155,7 +156,7 @@ class _Restore(Callback):
             if explicit is None:
                 return  # nothing backed up yet: a fresh start
             raise FileNotFoundError(f"resume: no complete checkpoint in {str(source)!r}")
-        ckpt.restore_fit_start(learn, run_name, owner=type(self).__name__.lstrip("_"))
+        ckpt.restore_fit_start(learn, run_name, owner=self.owner)
         self.restored_from = ckpt.path
         self._pending = ckpt if ckpt.mid_epoch else None
         done = "; the run is already complete" if ckpt.epoch >= learn.n_epoch else ""
@@ -198,6 +199,8 @@ class BackupAndRestore(_Restore):
     run using it at the same time is an error. Temporaries left by a writer that died are
     removed then.
     """
+
+    owner = "BackupAndRestore"
 
     def __init__(
         self,
@@ -274,9 +277,10 @@ class BackupAndRestore(_Restore):
 
     def before_fit(self) -> None:
         learn = self.learn
-        self._release()  # a fit that ended without after_fit (an error elsewhere)
-        if not learn.trial_run and is_rank_zero():
-            self._take_folder()
+        if not learn.trial_run:
+            self._release()  # a fit that ended without after_fit (an error elsewhere)
+            if is_rank_zero():
+                self._take_folder()
         try:
             if (
                 self.save_freq != "epoch"
@@ -310,16 +314,19 @@ class BackupAndRestore(_Restore):
             self._backup(self.learn.epoch + 1, 0)
 
     def after_fit(self) -> None:
+        if not self._active:
+            return  # lr_find's fit: it took no lock and leaves the backups alone
         try:
-            if self._active and self.delete_on_success and is_rank_zero():
+            if self.delete_on_success and is_rank_zero():
                 self._delete_contents()  # still under the lock
         finally:
             self._release()
-        if self._active and self.delete_on_success and is_rank_zero():
+        if self.delete_on_success and is_rank_zero():
             self.delete_backups()
 
     def after_exception(self) -> None:
-        self._release()
+        if not self.learn.trial_run:
+            self._release()
 
     def _delete_contents(self) -> None:
         d = self.backup_dir
@@ -341,6 +348,8 @@ class BackupAndRestore(_Restore):
 
 class _ResumeFrom(_Restore):
     """Restores one checkpoint (or the newest in a folder) for `fit(resume=path)`."""
+
+    owner = "fit(resume=...)"
 
     def __init__(self, path: Path) -> None:
         super().__init__()
