@@ -291,6 +291,10 @@ _CONDITIONS = {
     "batches_per_epoch": "training batches per epoch",
 }
 
+# None where a loader cannot tell (no dataset length, no batch size), not a value to compare;
+# steps_per_epoch None means "the loader's length".
+_NONE_IS_UNKNOWN = {"n_train", "bs", "batches_per_epoch"}
+
 
 def _names(keys: list[str]) -> str:
     shown = ", ".join(keys[:3])
@@ -469,7 +473,9 @@ class Checkpoint:
             out.append(f"run_name: {run['run_name']!r} in the backup, {run_name!r} now")
         now = run_identity(learn, run_name if isinstance(run_name, str) else None)
         for key, words in _CONDITIONS.items():
-            if key in run and run[key] != now[key]:
+            if key not in run or (key in _NONE_IS_UNKNOWN and None in (run[key], now[key])):
+                continue  # an older checkpoint, or a loader that cannot tell
+            if run[key] != now[key]:
                 out.append(f"{words}: {run[key]} in the backup, {now[key]} now")
         n_epoch = self.parts["state"]["learner"].get("n_epoch")
         if n_epoch is not None and n_epoch != learn.n_epoch:

@@ -291,6 +291,33 @@ def test_the_lock_of_a_killed_run_does_not_block_the_next_one(tmp_path):
     assert not folder.exists()
 
 
+def test_a_killed_runs_forked_workers_do_not_keep_its_lock(tmp_path):
+    # DataLoader workers are forked after the lock is taken and outlive a SIGKILLed parent by a
+    # few seconds: a POSIX lock (fcntl.lockf) is not theirs; an flock would be, and block.
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+
+    def run() -> None:
+        lock = FolderLock(tmp_path, owner="test")
+        lock.acquire()
+        if os.fork() == 0:  # the worker: tells it is alive, then waits for the word
+            os.write(ready_w, b"1")
+            os.read(go_r, 1)
+            os._exit(0)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    _, status = os.waitpid(_fork(run), 0)
+    os.close(ready_w), os.close(go_r)
+    try:
+        assert os.WIFSIGNALED(status)
+        assert os.read(ready_r, 1) == b"1"  # the worker lives on, holding the lock's file open
+        lock = FolderLock(tmp_path, owner="test")
+        assert lock.acquire()
+        lock.release()
+    finally:
+        os.write(go_w, b"1")
+
+
 def test_one_folder_for_two_fits_in_one_process_is_an_error(tmp_path):
     first = FolderLock(tmp_path, owner="first")
     assert first.acquire()

@@ -318,11 +318,11 @@ class BackupAndRestore(_Restore):
             return  # lr_find's fit: it took no lock and leaves the backups alone
         try:
             if self.delete_on_success and is_rank_zero():
-                self._delete_contents()  # still under the lock
+                self._delete_contents()  # under the lock: no other run is writing there
         finally:
             self._release()
         if self.delete_on_success and is_rank_zero():
-            self.delete_backups()
+            self._remove_folder()
 
     def after_exception(self) -> None:
         if not self.learn.trial_run:
@@ -337,13 +337,16 @@ class BackupAndRestore(_Restore):
         for p in stale_temporaries(d):  # never a live writer's
             shutil.rmtree(p, ignore_errors=True)
 
-    def delete_backups(self) -> None:
-        """Delete this callback's backups (and the folder, when nothing else is in it)."""
-        self._delete_contents()
+    def _remove_folder(self) -> None:
         try:
             self.backup_dir.rmdir()
         except OSError:
             pass  # the user keeps other files there, or another run has started in it
+
+    def delete_backups(self) -> None:
+        """Delete this callback's backups (and the folder, when nothing else is in it)."""
+        self._delete_contents()
+        self._remove_folder()
 
 
 class _ResumeFrom(_Restore):
