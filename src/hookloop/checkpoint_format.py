@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -9,6 +10,7 @@ import os
 import pickle
 import re
 import shutil
+import socket
 import tempfile
 import warnings
 from pathlib import Path
@@ -16,19 +18,29 @@ from typing import Any
 
 import torch
 
-from ._util import fsync_dir
+from ._util import STALE_SECONDS, fsync_dir
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no locks (see FolderLock)
+    fcntl = None
 
 # One checkpoint is one directory `ckpt-e<epoch>-i<iter>` named after the position training
 # resumes at (batch `iter` of epoch `epoch`), so names sort by age. It holds one torch file per
 # part (model.pt, optimizer.pt, callbacks.pt, state.pt, grads.pt while gradients accumulate,
 # ranks.pt under torch.distributed: what ranks 1.. hold of their own) and manifest.json, written
-# last, with each file's size and sha256.
+# last, with each file's size and sha256, and (since hookloop 0.x, optional for readers) `run`:
+# what the checkpoint belongs to and what its position means (see training_state.run_identity).
 
 FORMAT = "hookloop-checkpoint"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 _NAME = re.compile(r"^ckpt-e(\d+)-i(\d+)$")
 _TMP_PREFIX = ".tmp-"
+# A temporary is `.tmp-<checkpoint name>.<pid>@<host>.<random>`: its writer, so that clean-up
+# removes only the temporaries of writers that are gone (older hookloop wrote no owner).
+_TMP_NAME = re.compile(r"^\.tmp-ckpt-e\d+-i\d+\.(?:(\d+)@([A-Za-z0-9_-]*)\.)?")
+LOCK_NAME = ".hookloop-backup.lock"
 _PARTS = {"model", "optimizer", "callbacks", "state"}
 _CPU = {"state", "ranks"}
 
@@ -49,19 +61,33 @@ def _write_file(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())
+
+
+def _owner() -> str:
+    return f"{os.getpid()}@{_host()}"
+
+
 def write_checkpoint(
-    path: str | os.PathLike, objects: dict[str, Any], epoch: int, iter: int, step: int
+    path: str | os.PathLike,
+    objects: dict[str, Any],
+    epoch: int,
+    iter: int,
+    step: int,
+    run: dict[str, Any] | None = None,
 ) -> Path:
     """Write `objects` (part name -> state) as the checkpoint directory `path`, crash-safely.
 
-    The parts go to `<name>.pt` in a temporary directory beside `path`, each file fsynced, the
-    manifest last; then the directory is renamed into place and the parent fsynced. A crash at
-    any point leaves either no `path` or a complete one.
+    The parts go to `<name>.pt` in a temporary directory beside `path` named after this
+    process (`.tmp-<name>.<pid>@<host>.*`), each file fsynced, the manifest last (with `run`,
+    when given: the identity and conditions of the run); then the directory is renamed into
+    place and the parent fsynced. A crash at any point leaves either no `path` or a complete one.
     """
     path = Path(path)
     parent = path.parent
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{path.name}.", dir=parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{path.name}.{_owner()}.", dir=parent))
     old = None
     try:
         files = {}
@@ -79,12 +105,14 @@ def write_checkpoint(
             "step": step,
             "files": files,
         }
+        if run is not None:
+            manifest["run"] = run
         _write_file(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
         fsync_dir(tmp)
         if path.exists():
             # Only after falling back past a corrupt checkpoint is its position written again; a
             # directory cannot be renamed over a non-empty one, so move the old one aside first.
-            old = parent / f"{_TMP_PREFIX}{path.name}.old-{os.getpid()}"
+            old = parent / f"{_TMP_PREFIX}{path.name}.{_owner()}.old"
             os.rename(path, old)
         os.rename(tmp, path)
         fsync_dir(parent)
@@ -201,9 +229,71 @@ def is_checkpoint_name(name: str) -> bool:
 
 
 def leftover_temporaries(directory: str | os.PathLike) -> list[Path]:
-    """Temporary directories of checkpoint writes that never finished (a crash mid-write)."""
+    """Temporary directories of checkpoint writes in `directory`: writes in progress, and writes
+    that never finished (a crash mid-write). `stale_temporaries` says which may be removed."""
     prefix = f"{_TMP_PREFIX}ckpt-"
     return [p for p in Path(directory).iterdir() if p.name.startswith(prefix) and p.is_dir()]
+
+
+def process_alive(pid: int) -> bool:
+    """True while process `pid` exists on this host (a zombie counts until it is reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def _newest_complete_mtime(directory: Path) -> float | None:
+    for path in list_checkpoints(directory):
+        try:
+            return (path / MANIFEST).stat().st_mtime
+        except FileNotFoundError:
+            continue
+    return None
+
+
+def stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """The temporaries in `directory` whose writer is gone, which clean-up may remove.
+
+    A temporary names its writer (pid and host). One of this host is stale once its process has
+    died; this process's own, and those of live processes, are never stale. One of another host
+    (whose processes cannot be asked) is stale when it is older than the newest complete
+    checkpoint by more than `STALE_SECONDS`, the rule of the single-file atomic writes
+    (`_util.remove_stale_temporaries`). One with no owner in its name was left by an older
+    hookloop, whose writers removed every temporary: it is stale too.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    host, newest, stale = _host(), _newest_complete_mtime(directory), []
+    for tmp in leftover_temporaries(directory):
+        m = _TMP_NAME.match(tmp.name)
+        if not (m and m.group(1)):
+            stale.append(tmp)
+            continue
+        if m.group(2) == host:
+            pid = int(m.group(1))
+            if pid != os.getpid() and not process_alive(pid):
+                stale.append(tmp)
+            continue
+        try:
+            old = newest is not None and tmp.stat().st_mtime < newest - STALE_SECONDS
+        except FileNotFoundError:  # its writer finished or removed it meanwhile
+            continue
+        if old:
+            stale.append(tmp)
+    return stale
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Remove `stale_temporaries(directory)`; returns those removed."""
+    removed = stale_temporaries(directory)
+    for p in removed:
+        shutil.rmtree(p, ignore_errors=True)
+    return removed
 
 
 def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
@@ -252,7 +342,8 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
 
 
 def prune_checkpoints(directory: str | os.PathLike, keep: int) -> list[Path]:
-    """Delete all but the `keep` newest checkpoints with a manifest, and leftover temporaries."""
+    """Delete all but the `keep` newest checkpoints with a manifest, and the temporaries of
+    writers that are gone (`stale_temporaries`; never those of a live writer)."""
     directory = Path(directory)
     removed = []
     kept = 0
@@ -262,10 +353,7 @@ def prune_checkpoints(directory: str | os.PathLike, keep: int) -> list[Path]:
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
-    for p in leftover_temporaries(directory):
-        shutil.rmtree(p, ignore_errors=True)
-        removed.append(p)
-    return removed
+    return removed + remove_stale_temporaries(directory)
 
 
 def write_and_prune(
@@ -275,12 +363,127 @@ def write_and_prune(
     iter: int,
     step: int,
     keep: int | None,
+    run: dict[str, Any] | None = None,
 ) -> Path:
     """`write_checkpoint`, then, only once it is complete, keep the `keep` newest (None: all)."""
-    path = write_checkpoint(path, objects, epoch, iter, step)
+    path = write_checkpoint(path, objects, epoch, iter, step, run=run)
     if keep is not None:
         prune_checkpoints(path.parent, keep)
     return path
+
+
+# ---- one writer per folder -------------------------------------------------------------------
+
+# Folders whose lock this process holds (realpath -> pid that took it): POSIX locks do not
+# exclude the process that holds them, and closing any descriptor of the file drops them.
+_HELD: dict[str, int] = {}
+# What a filesystem without POSIX locks answers (some FUSE and NFS mounts without lockd).
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
+
+
+class FolderInUseError(RuntimeError):
+    """Another live run holds the lock of a checkpoint folder."""
+
+
+class FolderLock:
+    """An exclusive lock on a checkpoint folder: the file `LOCK_NAME` in it, locked with
+    `fcntl.lockf` (a POSIX record lock) and holding the owner's pid and host.
+
+    The kernel releases the lock when its process dies, however it dies, so a lock left by a
+    killed run never blocks. A POSIX lock (unlike `flock`) is not inherited by forked children:
+    a killed run's DataLoader workers, which live on for a few seconds, do not keep it. Taking
+    it never waits: a folder in use is a `FolderInUseError` naming the holder. On a filesystem
+    without locks, `acquire` warns and returns False (nothing is excluded; temporaries are still
+    only removed when their writer is gone).
+
+    Example:
+        lock = FolderLock("backups", owner="BackupAndRestore")
+        lock.acquire()
+        ...
+        lock.release()
+    """
+
+    def __init__(self, directory: str | os.PathLike, owner: str = "checkpoint folder") -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / LOCK_NAME
+        self.owner = owner
+        self._fd: int | None = None
+        self._key = ""
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> bool:
+        """Take the lock (True), or warn and go on without one on a filesystem that has no
+        locks (False). A folder locked by another run is a FolderInUseError."""
+        if self.held:
+            return True
+        key = os.path.realpath(self.directory)
+        if _HELD.get(key) == os.getpid():
+            raise FolderInUseError(
+                f"{self.owner}: {str(self.directory)!r} is in use by another fit in this process; "
+                f"give each run its own folder"
+            )
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                if fcntl is None:
+                    raise OSError(errno.ENOSYS, "no fcntl module")
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+                os.close(fd)
+                if e.errno in (errno.EACCES, errno.EAGAIN):
+                    raise FolderInUseError(
+                        f"{self.owner}: {str(self.directory)!r} is in use by another run "
+                        f"(process {holder or 'unknown'}); give each run its own folder"
+                    ) from None
+                if e.errno in _NO_LOCKS:
+                    warnings.warn(
+                        f"{self.owner}: the filesystem of {str(self.directory)!r} has no file "
+                        f"locks ({errno.errorcode.get(e.errno, e.errno)}): runs sharing this "
+                        f"folder are not excluded; give each run its own folder",
+                        stacklevel=3,
+                    )
+                    return False
+                raise
+            # A releasing holder unlinks the file: the lock counts only on the file still there.
+            try:
+                here, mine = os.stat(self.path), os.fstat(fd)
+                if (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self._fd, self._key = fd, key
+        _HELD[key] = os.getpid()
+        return True
+
+    def release(self) -> None:
+        """Remove the lock file and drop the lock (nothing when not held)."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            here, mine = os.stat(self.path), os.fstat(fd)
+            if (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
+                os.unlink(self.path)  # still locked: no one else can have taken it
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(fd)
+            if _HELD.get(self._key) == os.getpid():
+                del _HELD[self._key]
+
+    def __del__(self) -> None:
+        if self._fd is not None:
+            try:
+                self.release()
+            except Exception:  # pragma: no cover - at interpreter exit the kernel releases it
+                pass
 
 
 __all__ = [
@@ -301,4 +504,10 @@ __all__ = [
     "prune_checkpoints",
     "is_checkpoint_name",
     "leftover_temporaries",
+    "stale_temporaries",
+    "remove_stale_temporaries",
+    "process_alive",
+    "LOCK_NAME",
+    "FolderLock",
+    "FolderInUseError",
 ]

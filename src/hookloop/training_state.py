@@ -4,6 +4,8 @@ Checkpoint that saves it (`save_checkpoint`) and restores it in two steps (`Chec
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 import random
 import warnings
@@ -12,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ._check import is_int
 from ._util import is_distributed, rank, unwrap_model, world_size
 from .checkpoint_format import (
     checkpoint_name,
@@ -231,6 +234,110 @@ def training_state(
     return parts
 
 
+# ---- what a checkpoint belongs to -------------------------------------------------------------
+
+
+class ResumeMismatchError(ValueError):
+    """A checkpoint belongs to another run, or was taken under other conditions than the fit
+    that would resume it (its message lists every difference)."""
+
+
+def _shapes(state: dict[str, Any]) -> dict[str, list[int]]:
+    return {k: list(getattr(v, "shape", ())) for k, v in state.items()}
+
+
+def _batch_size(dl: Any) -> int | None:
+    for attr in ("bs", "batch_size"):  # hookloop's TensorLoader, torch's DataLoader
+        value = getattr(dl, attr, None)
+        if is_int(value):
+            return value
+    return None
+
+
+def _dataset_length(dl: Any) -> int | None:
+    try:
+        return len(dl.dataset)
+    except Exception:  # no dataset, or one with no length (a stream)
+        return None
+
+
+def run_identity(learn: Learner, run_name: str | None = None) -> dict[str, Any]:
+    """What a backup of `learn` belongs to and what its position means, as stored in the
+    manifest's `run`: the run name the user gave, the model's structure (sha256 of its state
+    dict's names and shapes), the optimizer class, the number of training samples, the batch
+    size, the training batches per epoch, `steps_per_epoch` and `n_epoch`."""
+    shapes = _shapes(unwrap_model(learn.model).state_dict())
+    train = learn.dls.train
+    return {
+        "run_name": run_name,
+        "model": {
+            "tensors": len(shapes),
+            "sha256": hashlib.sha256(json.dumps(sorted(shapes.items())).encode()).hexdigest(),
+        },
+        "optimizer": type(learn.opt).__name__ if learn.opt is not None else None,
+        "n_train": _dataset_length(train),
+        "bs": _batch_size(train),
+        "batches_per_epoch": learn.batches_per_epoch,
+        "steps_per_epoch": learn.steps_per_epoch,
+        "n_epoch": learn.n_epoch,
+    }
+
+
+# Conditions compared one to one, with the words that name them in an error.
+_CONDITIONS = {
+    "n_train": "training samples, len(dls.train.dataset)",
+    "bs": "batch size, bs",
+    "steps_per_epoch": "steps_per_epoch",
+    "batches_per_epoch": "training batches per epoch",
+}
+
+# None where a loader cannot tell (no dataset length, no batch size), not a value to compare;
+# steps_per_epoch None means "the loader's length".
+_NONE_IS_UNKNOWN = {"n_train", "bs", "batches_per_epoch"}
+
+
+def _names(keys: list[str]) -> str:
+    shown = ", ".join(keys[:3])
+    return shown + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+
+def _model_differences(saved: dict[str, Any], model: Any) -> list[str]:
+    then, now = _shapes(saved), _shapes(model.state_dict())
+    out = []
+    extra = [k for k in then if k not in now]
+    missing = [k for k in now if k not in then]
+    if extra or missing:
+        out.append(
+            f"model: the backup's has {len(then)} tensors, this {type(model).__name__} has "
+            f"{len(now)}"
+            + (f" (not in this model: {_names(extra)})" if extra else "")
+            + (f" (not in the backup: {_names(missing)})" if missing else "")
+        )
+    reshaped = [k for k in now if k in then and now[k] != then[k]]
+    for k in reshaped[:3]:
+        out.append(f"model: {k} has shape {then[k]} in the backup, {now[k]} in this model")
+    if len(reshaped) > 3:
+        out.append(f"model: {len(reshaped) - 3} more tensors have other shapes")
+    return out
+
+
+def _missing_hypers(opt: torch.optim.Optimizer, saved: dict[str, Any]) -> list[str]:
+    # An optimizer state with no class name (an older backup): the hyper-parameters this
+    # optimizer needs that the saved groups lack once its own defaults are filled in, as
+    # load_state_dict would. AdamW's state in SGD lacks momentum (a KeyError at the first step).
+    probe = type(opt).__new__(type(opt))
+    try:
+        groups = [dict(g) for g in saved.get("param_groups", [])]
+        probe.__setstate__({"defaults": dict(opt.defaults), "state": {}, "param_groups": groups})
+        return sorted({k for g in probe.param_groups for k in opt.defaults if k not in g})
+    except Exception:  # an optimizer that cannot be probed: load_state_dict will tell
+        return []
+
+
+def _where(epoch: int, iter: int) -> str:
+    return f"after {epoch} epoch(s)" if iter == 0 else f"at batch {iter} of epoch {epoch}"
+
+
 def _to_cpu(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.cpu()
@@ -242,10 +349,16 @@ def _to_cpu(obj: Any) -> Any:
 
 
 def save_checkpoint(
-    learn: Learner, directory: str | os.PathLike, epoch: int, iter: int, keep: int | None = 2
+    learn: Learner,
+    directory: str | os.PathLike,
+    epoch: int,
+    iter: int,
+    keep: int | None = 2,
+    run_name: str | None = None,
 ) -> Path:
     """Write the checkpoint that resumes `learn` at batch `iter` of `epoch` into `directory`,
-    then delete all but the `keep` newest (only now that the new one is complete).
+    then delete all but the `keep` newest (only now that the new one is complete). Its manifest
+    holds `run_identity(learn, run_name)`, checked when it is resumed.
 
     Under torch.distributed call it on every rank: each rank's `local_state` is gathered to
     rank 0 (one gather), which writes the checkpoint alone. A rank that dies before the gather
@@ -257,7 +370,12 @@ def save_checkpoint(
     if gathered is None:
         return path
     parts = training_state(learn, epoch, iter, mine, gathered[1:])
-    return write_and_prune(path, parts, epoch, iter, learn.train_iter, keep)
+    run = run_identity(learn, run_name)
+    return write_and_prune(path, parts, epoch, iter, learn.train_iter, keep, run=run)
+
+
+# `run_name` of a check that does not compare run names (a checkpoint named explicitly).
+ANY_RUN = object()
 
 
 class Checkpoint:
@@ -323,7 +441,82 @@ class Checkpoint:
         path, manifest, blobs = found
         return cls(path, manifest, load_parts(path, blobs, map_location))
 
-    def restore_fit_start(self, learn: Learner) -> None:
+    def differences(self, learn: Learner, run_name: Any = ANY_RUN) -> list[str]:
+        """How `learn`'s fit differs from the run that made this checkpoint (empty: none).
+
+        Compared: the model's structure (names and shapes, from the saved weights), the
+        optimizer class, the run name (unless `ANY_RUN`), the training data (samples, batch
+        size, batches per epoch, steps_per_epoch) and n_epoch. A value an older checkpoint does
+        not hold is unknown, not a difference.
+        """
+        out = _model_differences(self.parts["model"], unwrap_model(learn.model))
+        run = self.manifest.get("run") or {}
+        opt = learn.opt
+        saved_opt = run.get("optimizer")
+        if opt is not None and saved_opt is not None and saved_opt != type(opt).__name__:
+            out.append(f"optimizer: {saved_opt} in the backup, {type(opt).__name__} now")
+        elif opt is not None and saved_opt is None and self.parts["optimizer"]:
+            missing = _missing_hypers(opt, self.parts["optimizer"])
+            if missing:
+                out.append(
+                    f"optimizer: the backup's state has no {', '.join(missing)}, which "
+                    f"{type(opt).__name__} needs (it was saved by another optimizer class)"
+                )
+        if opt is not None and self.parts["optimizer"]:
+            n_then = len(self.parts["optimizer"].get("param_groups", []))
+            if n_then != len(opt.param_groups):
+                out.append(
+                    f"optimizer: {n_then} parameter group(s) in the backup, "
+                    f"{len(opt.param_groups)} now"
+                )
+        if run_name is not ANY_RUN and "run_name" in run and run["run_name"] != run_name:
+            out.append(f"run_name: {run['run_name']!r} in the backup, {run_name!r} now")
+        now = run_identity(learn, run_name if isinstance(run_name, str) else None)
+        for key, words in _CONDITIONS.items():
+            if key not in run or (key in _NONE_IS_UNKNOWN and None in (run[key], now[key])):
+                continue  # an older checkpoint, or a loader that cannot tell
+            if run[key] != now[key]:
+                out.append(f"{words}: {run[key]} in the backup, {now[key]} now")
+        n_epoch = self.parts["state"]["learner"].get("n_epoch")
+        if n_epoch is not None and n_epoch != learn.n_epoch:
+            where = _where(self.epoch, self.iter)
+            if self.epoch >= learn.n_epoch:
+                out.append(
+                    f"n_epoch: the backup was taken {where} of fit({n_epoch}), past the end "
+                    f"of fit({learn.n_epoch}), which would train nothing"
+                )
+            else:
+                out.append(
+                    f"n_epoch: the backup was taken {where} of fit({n_epoch}), this is "
+                    f"fit({learn.n_epoch}) (schedules follow the fraction of training done)"
+                )
+        return out
+
+    def check_resumable(
+        self, learn: Learner, run_name: Any = ANY_RUN, owner: str = "resume"
+    ) -> None:
+        """Raise ResumeMismatchError listing `differences` when there are any."""
+        found = self.differences(learn, run_name)
+        if not found:
+            return
+        n_epoch = self.parts["state"]["learner"].get("n_epoch")
+        if self.epoch >= learn.n_epoch and n_epoch != learn.n_epoch:
+            resume = f"Run fit({n_epoch}) to finish it"
+        else:
+            resume = "Resume it with the same settings"
+        raise ResumeMismatchError(
+            f"{owner}: cannot resume {self.path.name} in {str(self.path.parent)!r}: "
+            f"{'; '.join(found)}. It belongs to another run, or to this one under other "
+            f"settings; resuming it would not continue that run. {resume}, or give this run its "
+            f"own folder (or delete that backup) to start afresh."
+        )
+
+    def restore_fit_start(
+        self, learn: Learner, run_name: Any = ANY_RUN, owner: str = "resume"
+    ) -> None:
+        """Check that `learn` may resume this checkpoint (`check_resumable`), then load the
+        weights, optimizer, counters and callback states."""
+        self.check_resumable(learn, run_name, owner)
         parts = self.parts
         train = learn.dls.train
         target = position_target(train)
@@ -371,6 +564,9 @@ class Checkpoint:
 
 __all__ = [
     "Checkpoint",
+    "ResumeMismatchError",
+    "ANY_RUN",
+    "run_identity",
     "save_checkpoint",
     "training_state",
     "local_state",

@@ -218,10 +218,12 @@ def user_script(config: dict, workdir: Path) -> None:
 
 
 def run_child(config: dict, workdir: Path) -> dict:
-    """Fork; the child runs the script. Returns how it ended."""
+    """Fork; the child runs the script in a process group of its own (`pgid` of the result,
+    see `end_group`). Returns how it ended."""
     t0 = time.perf_counter()
     pid = os.fork()
     if pid == 0:
+        os.setpgid(0, 0)
         code = 0
         try:
             user_script(config, workdir)
@@ -231,11 +233,26 @@ def run_child(config: dict, workdir: Path) -> dict:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+    try:
+        os.setpgid(pid, pid)  # also here: whichever of the two runs first
+    except OSError:
+        pass  # the child did it (and may have exec'd or exited already)
     _, status = os.waitpid(pid, 0)
-    end = {"seconds": time.perf_counter() - t0}
+    end = {"seconds": time.perf_counter() - t0, "pgid": pid}
     if os.WIFSIGNALED(status):
         return {**end, "signal": os.WTERMSIG(status)}
     return {**end, "exit": os.WEXITSTATUS(status)}
+
+
+def end_group(pgid: int) -> None:
+    """SIGKILL what is left of a finished child's process group: DataLoader workers of a killed
+    child. torch's worker notices its parent's death by `getppid()` changing from the value it
+    read at start; a parent killed before that read leaves a worker that never exits, holding
+    this runner's stdout open (the caller's `capture_output` would wait forever)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # nothing left of it
 
 
 def run_spec(spec: dict) -> list[list[dict]]:
@@ -250,6 +267,10 @@ def run_spec(spec: dict) -> list[list[dict]]:
             if phase.get("kill") and (workdir / "log.csv").exists():
                 # The log as the killed run left it, to check the resumed run keeps its rows.
                 shutil.copy(workdir / "log.csv", workdir / f"log-killed-{i}.csv")
+        # Only now: a killed phase's orphaned workers live on while the next phase resumes, as
+        # they would after a real kill (they keep the backup folder's lock file open).
+        for end in ends:
+            end_group(end["pgid"])
         out.append(ends)
     return out
 

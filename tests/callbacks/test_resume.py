@@ -154,6 +154,8 @@ def test_kill_during_a_checkpoint_write_resumes_from_the_newest_complete_one(kil
     expected = BACKUPS_EVERY_3[complete - 1] if complete else ""
     assert Path(resumed["restored_from"]).name == expected
     assert differences(_result(root / "tensor-every-3" / "ref"), resumed) == []
+    # The killed write's temporary is removed (its writer is dead), so the folder is too.
+    assert not resumed["backups_left"]
 
 
 # ---- in-process behaviour ------------------------------------------------------------------

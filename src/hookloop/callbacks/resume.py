@@ -17,13 +17,15 @@ from .._util import is_rank_zero
 from ..callback import Callback
 from ..checkpoint_format import (
     MANIFEST,
+    FolderLock,
     is_checkpoint_name,
-    leftover_temporaries,
     list_checkpoints,
+    remove_stale_temporaries,
+    stale_temporaries,
 )
 from ..data import is_stateful_loader
 from ..learner import FIT_EXTENSIONS
-from ..training_state import Checkpoint, position_target, save_checkpoint
+from ..training_state import ANY_RUN, Checkpoint, position_target, save_checkpoint
 
 
 def _epoch_generator(seed: int, epoch: int, salt: int) -> torch.Generator:
@@ -115,6 +117,7 @@ class _Restore(Callback):
     """
 
     order = 1000
+    owner = "resume"  # who says so in an error
 
     def __init__(self) -> None:
         self.restore_from: Path | None = None  # one-shot source given by fit(resume=path)
@@ -124,6 +127,10 @@ class _Restore(Callback):
 
     def _source(self) -> Path | None:
         return None
+
+    def _run_name(self) -> Any:
+        # The run name a backup of this folder must carry; ANY_RUN: not compared.
+        return ANY_RUN
 
     def before_fit(self) -> None:
         learn = self.learn
@@ -136,6 +143,7 @@ class _Restore(Callback):
         make_resumable(learn.dls.train)
         explicit, self.restore_from = self.restore_from, None
         source = explicit or self._source()
+        run_name = ANY_RUN if explicit else self._run_name()
         if source is None:
             return
         source = Path(source)
@@ -148,10 +156,11 @@ class _Restore(Callback):
             if explicit is None:
                 return  # nothing backed up yet: a fresh start
             raise FileNotFoundError(f"resume: no complete checkpoint in {str(source)!r}")
-        ckpt.restore_fit_start(learn)
+        ckpt.restore_fit_start(learn, run_name, owner=self.owner)
         self.restored_from = ckpt.path
         self._pending = ckpt if ckpt.mid_epoch else None
-        learn.logger(f"resumed from {ckpt.path} (epoch {ckpt.epoch}, batch {ckpt.iter})")
+        done = "; the run is already complete" if ckpt.epoch >= learn.n_epoch else ""
+        learn.logger(f"resumed from {ckpt.path} (epoch {ckpt.epoch}, batch {ckpt.iter}){done}")
 
     def before_train(self) -> None:
         if self._pending is not None:
@@ -179,7 +188,19 @@ class BackupAndRestore(_Restore):
         delete_on_success: delete the backups when fit ends without an exception.
         delete_checkpoint: Keras's name for `delete_on_success` (wins when given).
         double_checkpoint: Keras's switch between `keep=2` (True) and `keep=1` (False).
+        run_name: a name for this run, stored in each backup: a backup with another name is
+            an error, not a resume. Unnamed runs are told apart by their model's structure,
+            optimizer class and training data only.
+
+    A backup is resumed only by the run that made it: the same model structure (names and
+    shapes), optimizer class, run name, training data (samples, batch size, batches per epoch,
+    `steps_per_epoch`) and `n_epoch`; any difference is a `ResumeMismatchError` naming it,
+    in before_fit. The folder is checked (a folder, writable) and locked in before_fit: a second
+    run using it at the same time is an error. Temporaries left by a writer that died are
+    removed then.
     """
+
+    owner = "BackupAndRestore"
 
     def __init__(
         self,
@@ -190,6 +211,7 @@ class BackupAndRestore(_Restore):
         *,
         delete_checkpoint: bool | None = None,
         double_checkpoint: bool | None = None,
+        run_name: str | None = None,
     ) -> None:
         super().__init__()
         if delete_checkpoint is not None:
@@ -204,6 +226,13 @@ class BackupAndRestore(_Restore):
         if save_freq != "epoch":
             check_int("save_freq", save_freq, 1, what="'epoch' or a positive int")
         check_int("keep", keep, 1)
+        if run_name is not None and not isinstance(run_name, str):
+            raise TypeError(
+                f"BackupAndRestore: run_name must be a str or None, got "
+                f"{type(run_name).__name__}: {run_name!r}"
+            )
+        self.run_name = run_name
+        self._lock: FolderLock | None = None
         self.backup_dir = Path(backup_dir)
         self.save_freq = save_freq
         self.keep = keep
@@ -215,24 +244,65 @@ class BackupAndRestore(_Restore):
     def _source(self) -> Path | None:
         return self.backup_dir
 
+    def _run_name(self) -> Any:
+        return self.run_name
+
+    def _take_folder(self) -> None:
+        # Before anything is read or trained: the folder must be a folder we can write in, and
+        # ours alone while this fit runs.
+        d = self.backup_dir
+        if d.exists() and not d.is_dir():
+            raise NotADirectoryError(
+                f"BackupAndRestore: backup_dir {str(d)!r} is a file, not a folder; give the "
+                f"folder for the backups (created when needed)"
+            )
+        lock = FolderLock(d, owner="BackupAndRestore")
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            if not os.access(d, os.W_OK | os.X_OK):
+                raise PermissionError(f"no write permission on {str(d)!r}")
+            lock.acquire()
+        except OSError as e:
+            raise type(e)(
+                f"BackupAndRestore: cannot write backups in backup_dir {str(d)!r} "
+                f"({e.strerror or e}); give a folder this process can create and write in"
+            ) from e
+        self._lock = lock
+        remove_stale_temporaries(d)
+
+    def _release(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
+
     def before_fit(self) -> None:
         learn = self.learn
-        if (
-            self.save_freq != "epoch"
-            and not learn.trial_run
-            and not make_resumable(learn.dls.train)
-        ):
-            raise ValueError(
-                f"save_freq={self.save_freq!r} backs up mid-epoch, but the training loader "
-                f"({type(self.learn.dls.train).__name__}) cannot restart mid-epoch; use "
-                f"save_freq='epoch', a hookloop DataLoaders, or a torch DataLoader over a "
-                f"map-style dataset"
-            )
-        super().before_fit()
+        if not learn.trial_run:
+            self._release()  # a fit that ended without after_fit (an error elsewhere)
+            if is_rank_zero():
+                self._take_folder()
+        try:
+            if (
+                self.save_freq != "epoch"
+                and not learn.trial_run
+                and not make_resumable(learn.dls.train)
+            ):
+                raise ValueError(
+                    f"save_freq={self.save_freq!r} backs up mid-epoch, but the training loader "
+                    f"({type(self.learn.dls.train).__name__}) cannot restart mid-epoch; use "
+                    f"save_freq='epoch', a hookloop DataLoaders, or a torch DataLoader over a "
+                    f"map-style dataset"
+                )
+            super().before_fit()
+        except BaseException:
+            self._release()
+            raise
 
     def _backup(self, epoch: int, iter: int) -> None:
         if self._active:  # on every rank: save_checkpoint gathers their random states
-            save_checkpoint(self.learn, self.backup_dir, epoch, iter, keep=self.keep)
+            save_checkpoint(
+                self.learn, self.backup_dir, epoch, iter, keep=self.keep, run_name=self.run_name
+            )
 
     def _backup_every_n(self) -> None:
         learn = self.learn
@@ -244,26 +314,45 @@ class BackupAndRestore(_Restore):
             self._backup(self.learn.epoch + 1, 0)
 
     def after_fit(self) -> None:
-        if self._active and self.delete_on_success and is_rank_zero():
-            self.delete_backups()
+        if not self._active:
+            return  # lr_find's fit: it took no lock and leaves the backups alone
+        try:
+            if self.delete_on_success and is_rank_zero():
+                self._delete_contents()  # under the lock: no other run is writing there
+        finally:
+            self._release()
+        if self.delete_on_success and is_rank_zero():
+            self._remove_folder()
 
-    def delete_backups(self) -> None:
-        """Delete this callback's backups (and the folder, when nothing else is in it)."""
+    def after_exception(self) -> None:
+        if not self.learn.trial_run:
+            self._release()
+
+    def _delete_contents(self) -> None:
         d = self.backup_dir
         if not d.is_dir():
             return
         for p in list_checkpoints(d):
             shutil.rmtree(p, ignore_errors=True)
-        for p in leftover_temporaries(d):
+        for p in stale_temporaries(d):  # never a live writer's
             shutil.rmtree(p, ignore_errors=True)
+
+    def _remove_folder(self) -> None:
         try:
-            d.rmdir()
+            self.backup_dir.rmdir()
         except OSError:
-            pass  # the user keeps other files there
+            pass  # the user keeps other files there, or another run has started in it
+
+    def delete_backups(self) -> None:
+        """Delete this callback's backups (and the folder, when nothing else is in it)."""
+        self._delete_contents()
+        self._remove_folder()
 
 
 class _ResumeFrom(_Restore):
     """Restores one checkpoint (or the newest in a folder) for `fit(resume=path)`."""
+
+    owner = "fit(resume=...)"
 
     def __init__(self, path: Path) -> None:
         super().__init__()
