@@ -22,7 +22,12 @@ from .callbacks.tensorboard_logger import TensorBoard, TensorBoardCallback
 from .callbacks.tracker import EarlyStopping, EarlyStoppingCallback, TrackerCallback
 from .callbacks.training import GradientAccumulation, GradientClip, MixedPrecision
 from .callbacks.wandb import WandbCallback, WandbMetricsLogger
-from .checkpoint import CheckpointError, latest_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    FolderInUseError,
+    ResumeMismatchError,
+    latest_checkpoint,
+)
 from .data import DataLoaders, TensorLoader, find_bs, to_device
 from .distributed import (
     DistributedTrainer,
@@ -89,6 +94,8 @@ __all__ = [
     "BackupAndRestore",
     "ResumableSampler",
     "CheckpointError",
+    "FolderInUseError",
+    "ResumeMismatchError",
     "latest_checkpoint",
     "MixUp",
     "CutMix",
