@@ -265,6 +265,11 @@ def sgdr_scheds(
 # ---- Learner shortcuts: fastai's fit variants ----
 
 
+def _fit_scheduled(learn: Learner, n_epoch: int, scheds: dict, cbs: Any, **fit_kwargs: Any) -> Any:
+    # The fit variants: their schedules run as a ParamScheduler ahead of the user's callbacks.
+    return learn.fit(n_epoch, cbs=[ParamScheduler(scheds), *listify(cbs)], **fit_kwargs)
+
+
 def fit_one_cycle(
     self: Learner,
     n_epoch: int,
@@ -296,15 +301,10 @@ def fit_one_cycle(
     scheds = one_cycle_scheds(self, lr_max, div, div_final, pct_start, moms)
     if tot_epochs is not None or start_epoch is not None:
         scheds = window_scheds(scheds, n_epoch, tot_epochs, start_epoch)
-    cbs = [ParamScheduler(scheds), *listify(cbs)]
-    return self.fit(
-        n_epoch,
-        wd=wd,
-        cbs=cbs,
-        callbacks=callbacks,
-        resume=resume,
+    return _fit_scheduled(
+        self, n_epoch, scheds, cbs, wd=wd, callbacks=callbacks, resume=resume,
         steps_per_epoch=steps_per_epoch,
-    )
+    )  # fmt: skip
 
 
 def fit_flat_cos(
@@ -321,15 +321,11 @@ def fit_flat_cos(
 ) -> Any:
     """fastai: lr flat for pct_start of training, then cosine down to lr/div_final."""
     self.check_fit_args(n_epoch, steps_per_epoch)
-    cbs = [ParamScheduler(flat_cos_scheds(self, lr, div_final, pct_start)), *listify(cbs)]
-    return self.fit(
-        n_epoch,
-        wd=wd,
-        cbs=cbs,
-        callbacks=callbacks,
-        resume=resume,
+    scheds = flat_cos_scheds(self, lr, div_final, pct_start)
+    return _fit_scheduled(
+        self, n_epoch, scheds, cbs, wd=wd, callbacks=callbacks, resume=resume,
         steps_per_epoch=steps_per_epoch,
-    )
+    )  # fmt: skip
 
 
 def fit_sgdr(
@@ -349,15 +345,10 @@ def fit_sgdr(
     n_epoch = sgdr_n_epoch(n_cycles, cycle_len, cycle_mult)
     self.check_fit_args(n_epoch, steps_per_epoch)
     scheds = sgdr_scheds(self, n_cycles, cycle_len, lr_max, cycle_mult)
-    cbs = [ParamScheduler(scheds), *listify(cbs)]
-    return self.fit(
-        n_epoch,
-        wd=wd,
-        cbs=cbs,
-        callbacks=callbacks,
-        resume=resume,
+    return _fit_scheduled(
+        self, n_epoch, scheds, cbs, wd=wd, callbacks=callbacks, resume=resume,
         steps_per_epoch=steps_per_epoch,
-    )
+    )  # fmt: skip
 
 
 def _one_of(name: str, value: Any, v1_name: str, v1_value: Any, default: Any) -> Any:
