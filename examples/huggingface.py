@@ -38,8 +38,8 @@ class TokenStream(IterableDataset):
             seed += 1
 
 
-def main() -> None:
-    torch.manual_seed(0)
+def tiny_bert() -> BertForSequenceClassification:
+    """A BERT classifier small enough to train on a CPU in seconds, built from its config."""
     config = BertConfig(
         vocab_size=100,
         hidden_size=32,
@@ -48,7 +48,12 @@ def main() -> None:
         intermediate_size=37,
         max_position_embeddings=16,
     )
-    model = BertForSequenceClassification(config)
+    return BertForSequenceClassification(config)
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    model = tiny_bert()
     valid = DataLoader(token_task(128, 1), batch_size=64)
 
     train = DataLoader(token_task(512, 0), batch_size=32, shuffle=True)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from conftest import OwnLossClassifier
 from hookloop import (
     Callback,
     CSVLogger,
@@ -254,28 +255,12 @@ class CountAllReduces(Callback):
         self.learn.model.register_comm_hook(None, hook)
 
 
-class OwnLoss(nn.Module):
-    """A Hugging Face-shaped model: keyword inputs, a dict output with its own `loss`."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.lin = nn.Linear(4, 2)
-
-    def forward(self, x, labels=None):
-        logits = self.lin(x)
-        out = {"logits": logits}
-        if labels is not None:
-            out["loss"] = nn.functional.cross_entropy(logits, labels)
-        return out
-
-
 def _dict_learner(bs: int, path: Path) -> Learner:
     xt, yt, xv, yv = _data()
     train = [{"x": xt[i], "labels": yt[i]} for i in range(len(xt))]
     valid = [{"x": xv[i], "labels": yv[i]} for i in range(len(xv))]
     dls = DataLoaders.from_datasets(train, valid, bs=bs, shuffle=False)
-    return Learner(OwnLoss(), dls, lr=1e-2, metrics=accuracy, path=path, device="cpu")
+    return Learner(OwnLossClassifier(), dls, lr=1e-2, metrics=accuracy, path=path, device="cpu")
 
 
 def _ddp_scenario(rank_: int, folder: Path) -> None:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
+from conftest import OwnLossClassifier
 from hookloop import (
     EMA,
     BackupAndRestore,
@@ -223,22 +224,6 @@ def test_the_progress_bar_of_a_stream_has_no_total(capsys):
         1, cbs=LambdaCallback(after_batch=lambda: totals.append(learn.progress_bar.bar.total))
     )
     assert totals == [None, None, None]
-
-
-class OwnLossClassifier(nn.Module):
-    """Hugging Face's shape: keyword inputs, a dict output carrying its own loss and logits."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.lin = nn.Linear(4, 2)
-
-    def forward(self, x, labels=None):
-        logits = self.lin(x)
-        out = {"logits": logits}
-        if labels is not None:
-            out["loss"] = nn.functional.cross_entropy(logits, labels)
-        return out
 
 
 def _own_loss_learner(tmp_path, bs=8, **kwargs):

@@ -2,35 +2,31 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import torch
 from torch.utils.data import DataLoader
-from transformers import BertConfig, BertForSequenceClassification
 
 from hookloop import Learner, accuracy
 
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "huggingface.py"
 
-def _token_task(n: int, seed: int) -> list[dict[str, torch.Tensor]]:
-    # 8 tokens from a vocabulary of 100; the label says whether the first token is below 50.
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, 100, (n, 8), generator=g)
-    labels = (ids[:, 0] < 50).long()
-    mask = torch.ones(8, dtype=torch.long)
-    return [{"input_ids": ids[i], "attention_mask": mask, "labels": labels[i]} for i in range(n)]
+
+def _example():
+    # The test trains the example's own model and data, so the example stays runnable.
+    spec = importlib.util.spec_from_file_location("huggingface_example", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_a_tiny_bert_learns_a_token_task_from_dict_batches_with_its_own_loss():
+    example = _example()
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=16,
-    )
-    model = BertForSequenceClassification(config)
-    train = DataLoader(_token_task(512, 0), batch_size=32, shuffle=True)
-    valid = DataLoader(_token_task(128, 1), batch_size=64)
+    model = example.tiny_bert()
+    train = DataLoader(example.token_task(512, 0), batch_size=32, shuffle=True)
+    valid = DataLoader(example.token_task(128, 1), batch_size=64)
     learn = Learner(model, (train, valid), metrics=accuracy, lr=1e-3)  # no loss_func: BERT's
     with learn.no_bar(), learn.no_logging():
         history = learn.fit(3)
