@@ -249,6 +249,7 @@ def test_a_finite_loss_gives_no_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         learn.fit(2)
+    assert len(learn.recorder.rows) == 2
 
 
 # ---- savers pointed at a file or an unwritable place fail in before_fit ---------------------
@@ -469,6 +470,7 @@ def test_the_check_is_skipped_when_a_callback_transforms_the_validation_batches(
 
     learn = _wrong_width_valid()
     learn.fit(1, cbs=Narrow())  # no false alarm
+    assert len(learn.recorder.rows) == 1  # the epoch, validation included, ran through
 
 
 def test_the_check_is_skipped_for_a_loader_it_cannot_peek_without_iterating():
