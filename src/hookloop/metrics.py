@@ -94,7 +94,7 @@ class AvgMetric(Metric):
         self.total_count = 0
 
     def accumulate(self, learn: Any) -> None:
-        pred = output_logits(learn.pred, getattr(learn, "pred_key", None))
+        pred = learn.pred
         if type(pred) is not torch.Tensor:  # a structured output: its logits (pred_key)
             pred = output_logits(pred, getattr(learn, "pred_key", None))
         self.vals.append(self.func(pred, *learn.yb))
