@@ -4,18 +4,14 @@ Checkpoint that saves it (`save_checkpoint`) and restores it in two steps (`Chec
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import os
-import random
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ._check import is_int
-from ._util import is_distributed, rank, unwrap_model, world_size
+from ._util import rank, unwrap_model
 from .checkpoint_format import (
     checkpoint_name,
     load_parts,
@@ -25,76 +21,18 @@ from .checkpoint_format import (
 )
 from .collectives import all_gather_object, gather_object
 from .data import is_stateful_loader
+from .random_state import gathered_rng_state, own_rng_state, rng_state, set_rng_state
+from .run_identity import (
+    CONDITIONS,
+    NONE_IS_UNKNOWN,
+    ResumeMismatchError,
+    missing_hypers,
+    model_differences,
+    run_identity,
+)
 
 if TYPE_CHECKING:
     from .learner import Learner
-
-
-def rng_state() -> dict[str, Any]:
-    """The global random states: python, numpy, torch CPU, and CUDA per device once initialised."""
-    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover - numpy is a dependency
-        np = None
-    if np is not None:
-        kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
-        state["numpy"] = (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)
-    # Querying CUDA would initialise it; a run that never touched it has nothing to save.
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def gathered_rng_state() -> dict[str, Any]:
-    """`rng_state()`; under torch.distributed every rank's, as `{'per_rank': [...]}` (one
-    all_gather, so every rank must call it)."""
-
-    state = rng_state()
-    if not (is_distributed() and world_size() > 1):
-        return state
-    import torch.distributed as dist
-
-    states: list[Any] = [None] * world_size()
-    dist.all_gather_object(states, state)
-    return {"per_rank": states}
-
-
-def _own_rng_state(state: dict[str, Any]) -> dict[str, Any]:
-    if "per_rank" not in state:
-        return state
-
-    states = state["per_rank"]
-    if rank() >= len(states):
-        warnings.warn(
-            f"the checkpoint holds random states for {len(states)} rank(s), this is rank "
-            f"{rank()}; it takes rank 0's, so its random numbers differ from the original run",
-            stacklevel=3,
-        )
-        return states[0]
-    return states[rank()]
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what `rng_state()` returned."""
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if "numpy" in state:
-        import numpy as np
-
-        kind, keys, pos, has_gauss, gauss = state["numpy"]
-        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    cuda = state.get("cuda")
-    if cuda:
-        if torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
-            torch.cuda.set_rng_state_all(cuda)
-        else:
-            n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            warnings.warn(
-                f"the checkpoint holds CUDA random states for {len(cuda)} device(s), this "
-                f"process has {n}; CUDA random numbers will differ from the original run",
-                stacklevel=2,
-            )
 
 
 def _keyed(cbs: list) -> list[tuple[str, Any]]:
@@ -234,106 +172,6 @@ def training_state(
     return parts
 
 
-# ---- what a checkpoint belongs to -------------------------------------------------------------
-
-
-class ResumeMismatchError(ValueError):
-    """A checkpoint belongs to another run, or was taken under other conditions than the fit
-    that would resume it (its message lists every difference)."""
-
-
-def _shapes(state: dict[str, Any]) -> dict[str, list[int]]:
-    return {k: list(getattr(v, "shape", ())) for k, v in state.items()}
-
-
-def _batch_size(dl: Any) -> int | None:
-    for attr in ("bs", "batch_size"):  # hookloop's TensorLoader, torch's DataLoader
-        value = getattr(dl, attr, None)
-        if is_int(value):
-            return value
-    return None
-
-
-def _dataset_length(dl: Any) -> int | None:
-    try:
-        return len(dl.dataset)
-    except Exception:  # no dataset, or one with no length (a stream)
-        return None
-
-
-def run_identity(learn: Learner, run_name: str | None = None) -> dict[str, Any]:
-    """What a backup of `learn` belongs to and what its position means, as stored in the
-    manifest's `run`: the run name the user gave, the model's structure (sha256 of its state
-    dict's names and shapes), the optimizer class, the number of training samples, the batch
-    size, the training batches per epoch, `steps_per_epoch` and `n_epoch`."""
-    shapes = _shapes(unwrap_model(learn.model).state_dict())
-    train = learn.dls.train
-    return {
-        "run_name": run_name,
-        "model": {
-            "tensors": len(shapes),
-            "sha256": hashlib.sha256(json.dumps(sorted(shapes.items())).encode()).hexdigest(),
-        },
-        "optimizer": type(learn.opt).__name__ if learn.opt is not None else None,
-        "n_train": _dataset_length(train),
-        "bs": _batch_size(train),
-        "batches_per_epoch": learn.batches_per_epoch,
-        "steps_per_epoch": learn.steps_per_epoch,
-        "n_epoch": learn.n_epoch,
-    }
-
-
-# Conditions compared one to one, with the words that name them in an error.
-_CONDITIONS = {
-    "n_train": "training samples, len(dls.train.dataset)",
-    "bs": "batch size, bs",
-    "steps_per_epoch": "steps_per_epoch",
-    "batches_per_epoch": "training batches per epoch",
-}
-
-# None where a loader cannot tell (no dataset length, no batch size), not a value to compare;
-# steps_per_epoch None means "the loader's length".
-_NONE_IS_UNKNOWN = {"n_train", "bs", "batches_per_epoch"}
-
-
-def _names(keys: list[str]) -> str:
-    shown = ", ".join(keys[:3])
-    return shown + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
-
-
-def _model_differences(saved: dict[str, Any], model: Any) -> list[str]:
-    then, now = _shapes(saved), _shapes(model.state_dict())
-    out = []
-    extra = [k for k in then if k not in now]
-    missing = [k for k in now if k not in then]
-    if extra or missing:
-        out.append(
-            f"model: the backup's has {len(then)} tensors, this {type(model).__name__} has "
-            f"{len(now)}"
-            + (f" (not in this model: {_names(extra)})" if extra else "")
-            + (f" (not in the backup: {_names(missing)})" if missing else "")
-        )
-    reshaped = [k for k in now if k in then and now[k] != then[k]]
-    for k in reshaped[:3]:
-        out.append(f"model: {k} has shape {then[k]} in the backup, {now[k]} in this model")
-    if len(reshaped) > 3:
-        out.append(f"model: {len(reshaped) - 3} more tensors have other shapes")
-    return out
-
-
-def _missing_hypers(opt: torch.optim.Optimizer, saved: dict[str, Any]) -> list[str]:
-    # An optimizer state with no class name (an older backup): the hyper-parameters this
-    # optimizer needs that the saved groups lack once its own defaults are filled in, as
-    # load_state_dict would. AdamW's state in SGD lacks momentum (a KeyError at the first step).
-    probe = type(opt).__new__(type(opt))
-    try:
-        groups = [dict(g) for g in saved.get("param_groups", [])]
-        probe.__setstate__({"defaults": dict(opt.defaults), "state": {}, "param_groups": groups})
-        return sorted({k for g in probe.param_groups for k in opt.defaults if k not in g})
-    except Exception:  # an optimizer that cannot be probed: load_state_dict will tell
-        return []
-
-
 def _where(epoch: int, iter: int) -> str:
     return f"after {epoch} epoch(s)" if iter == 0 else f"at batch {iter} of epoch {epoch}"
 
@@ -409,7 +247,7 @@ class Checkpoint:
                 stacklevel=3,
             )
         return {
-            "rng": _own_rng_state(parts["state"]["rng"]),
+            "rng": own_rng_state(parts["state"]["rng"]),
             "callbacks": parts["callbacks"],
             "grads": parts.get("grads", {}),
             "loader": parts["state"]["data"].get("loader"),
@@ -449,14 +287,14 @@ class Checkpoint:
         size, batches per epoch, steps_per_epoch) and n_epoch. A value an older checkpoint does
         not hold is unknown, not a difference.
         """
-        out = _model_differences(self.parts["model"], unwrap_model(learn.model))
+        out = model_differences(self.parts["model"], unwrap_model(learn.model))
         run = self.manifest.get("run") or {}
         opt = learn.opt
         saved_opt = run.get("optimizer")
         if opt is not None and saved_opt is not None and saved_opt != type(opt).__name__:
             out.append(f"optimizer: {saved_opt} in the backup, {type(opt).__name__} now")
         elif opt is not None and saved_opt is None and self.parts["optimizer"]:
-            missing = _missing_hypers(opt, self.parts["optimizer"])
+            missing = missing_hypers(opt, self.parts["optimizer"])
             if missing:
                 out.append(
                     f"optimizer: the backup's state has no {', '.join(missing)}, which "
@@ -472,8 +310,8 @@ class Checkpoint:
         if run_name is not ANY_RUN and "run_name" in run and run["run_name"] != run_name:
             out.append(f"run_name: {run['run_name']!r} in the backup, {run_name!r} now")
         now = run_identity(learn, run_name if isinstance(run_name, str) else None)
-        for key, words in _CONDITIONS.items():
-            if key not in run or (key in _NONE_IS_UNKNOWN and None in (run[key], now[key])):
+        for key, words in CONDITIONS.items():
+            if key not in run or (key in NONE_IS_UNKNOWN and None in (run[key], now[key])):
                 continue  # an older checkpoint, or a loader that cannot tell
             if run[key] != now[key]:
                 out.append(f"{words}: {run[key]} in the backup, {now[key]} now")
