@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import hookloop.checkpoint_format as checkpoint_format
+import hookloop.folder_lock as folder_lock
 from conftest import tiny_dls
 from hookloop import BackupAndRestore, Callback, Learner
 from hookloop.checkpoint import (
@@ -337,7 +338,7 @@ def test_on_a_filesystem_without_locks_backups_warn_and_go_on(tmp_path, monkeypa
         def lockf(fd, op):
             raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(checkpoint_format, "fcntl", NoLocks)
+    monkeypatch.setattr(folder_lock, "fcntl", NoLocks)
     with pytest.warns(UserWarning, match="has no file locks \\(ENOLCK\\): runs sharing"):
         assert _learner([BackupAndRestore(tmp_path / "b")]).fit(2).epoch == [0, 1]
 
