@@ -139,3 +139,20 @@ class OwnLossClassifier(nn.Module):
         if labels is not None:
             out["loss"] = nn.functional.cross_entropy(logits, labels)
         return out
+
+
+class Crash(Exception):
+    """What CrashAt raises: a crash the tests can tell from a real error."""
+
+
+class CrashAt(Callback):
+    """Raises at the start of training batch `k` (1-based, counted over the fit)."""
+
+    def __init__(self, k: int) -> None:
+        self.k, self.seen = k, 0
+
+    def before_batch(self) -> None:
+        if self.training:
+            self.seen += 1
+            if self.seen == self.k:
+                raise Crash()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ from torch import nn
 import hookloop.checkpoint_format as checkpoint_format
 from hookloop import (
     BackupAndRestore,
-    Callback,
     CSVLogger,
     DataLoaders,
     GradientAccumulation,
@@ -33,23 +31,12 @@ from hookloop import (
 )
 from hookloop.checkpoint import atomic_save
 
+# The kill helpers and the result layout of the single-process resume worker (run as a script,
+# as tools/resume_soak.py does, so its folder goes on the path).
+sys.path.insert(0, str(Path(__file__).parent / "callbacks"))
+from resume_worker import KillAtBatch, die, user_view  # noqa: E402
+
 N_EPOCH = 3
-
-
-def die() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-class KillAtBatch(Callback):
-    order = -1000
-
-    def __init__(self, k: int) -> None:
-        self.k, self.seen = k, 0
-
-    def before_batch(self) -> None:
-        self.seen += 1
-        if self.seen == self.k:
-            die()
 
 
 def arm_kill_in_write(nth: int, stage: str) -> None:
@@ -109,19 +96,9 @@ def main() -> None:
     torch.manual_seed(100 + rank)  # each rank draws its own dropout masks
     with learn.no_bar():
         history = learn.fit(N_EPOCH)
-    rec = learn.recorder
     log = out / "log.csv"
     result = {
-        "model": learn.model.state_dict(),
-        "optimizer": learn.opt.state_dict(),
-        "history": {"history": history.history, "epoch": history.epoch},
-        "recorder": {
-            "losses": list(rec.losses),
-            "raw_losses": list(rec.raw_losses),
-            "hps": {k: list(v) for k, v in rec.hps.items()},
-            "rows": rec.rows,
-            "iters": rec.iters,
-        },
+        **user_view(learn, history),
         "csv": log.read_text() if rank == 0 else "",
         "restored_from": backup.restored_from.name if backup.restored_from else "",
         "restart_count": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),

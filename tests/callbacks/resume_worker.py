@@ -198,8 +198,20 @@ def user_script(config: dict, workdir: Path) -> None:
     learn.logger = lambda line: None
     with learn.no_bar():
         history = learn.fit(N_EPOCH, steps_per_epoch=config.get("steps"))
-    rec = learn.recorder
     result = {
+        **user_view(learn, history),
+        "csv": (workdir / "log.csv").read_text(),
+        "restored_from": str(backup.restored_from) if backup.restored_from else "",
+        "backups_left": (workdir / "backup").exists(),
+    }
+    atomic_save(result, workdir / "result.pt")
+
+
+def user_view(learn: Learner, history: Any) -> dict:
+    """What a user sees after a fit: weights, optimizer, History and Recorder (series as lists,
+    so the result loads with weights_only=True)."""
+    rec = learn.recorder
+    return {
         "model": learn.model.state_dict(),
         "optimizer": learn.opt.state_dict(),
         "history": {"history": history.history, "epoch": history.epoch},
@@ -210,11 +222,7 @@ def user_script(config: dict, workdir: Path) -> None:
             "rows": rec.rows,
             "iters": rec.iters,
         },
-        "csv": (workdir / "log.csv").read_text(),
-        "restored_from": str(backup.restored_from) if backup.restored_from else "",
-        "backups_left": (workdir / "backup").exists(),
     }
-    atomic_save(result, workdir / "result.pt")
 
 
 def run_child(config: dict, workdir: Path) -> dict:

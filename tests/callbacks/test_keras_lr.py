@@ -4,36 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tracker_helpers import make_learner
+from tracker_helpers import Scripted, make_learner
 
 from conftest import tiny_learner
 from hookloop import Callback, LearningRateScheduler, ReduceLROnPlateau
-
-
-class Scripted:
-    """A metric whose value in epoch e is `values[e]`: the test chooses the monitored sequence."""
-
-    def __init__(self, values, name="score", higher_is_better=None):
-        self.values, self.name, self.epoch = list(values), name, 0
-        if higher_is_better is not None:
-            self.higher_is_better = higher_is_better
-
-    def reset(self):
-        pass
-
-    def accumulate(self, learn):
-        self.epoch = learn.epoch
-
-    @property
-    def value(self):
-        return self.values[self.epoch]
 
 
 def scripted_learner(values, lr=0.1, higher_is_better=False):
     # One training batch per epoch (4 samples, bs 4), so recorder.hps['lr'] is one lr per epoch.
     # The metric says lower is better unless told otherwise (the name 'score' alone would
     # count as higher-is-better).
-    metric = Scripted(values, higher_is_better=higher_is_better)
+    metric = Scripted(values, name="score", higher_is_better=higher_is_better)
     return tiny_learner(metrics=[metric], lr=lr, opt_func=torch.optim.SGD)
 
 

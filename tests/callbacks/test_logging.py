@@ -10,6 +10,7 @@ import pytest
 import torch
 from logging_helpers import scripted_learner, two_epochs
 from torch import nn
+from tracker_helpers import Scripted
 
 from hookloop import (
     BaseLogger,
@@ -129,23 +130,6 @@ def test_keras_filename_keyword_and_separator(tmp_path):
     learn.fit(1, cbs=CSVLogger(filename="log.tsv", separator="\t"))
     lines = (tmp_path / "log.tsv").read_text().splitlines()
     assert lines == ["epoch\tloss\tval_loss", "0\t2.0\t5.0"]  # Keras's columns
-
-
-class Scripted:
-    """A metric (fastai protocol) whose value in epoch e is values[e], on either set."""
-
-    def __init__(self, values, name):
-        self.values, self.name, self.epoch = values, name, 0
-
-    def reset(self):
-        pass
-
-    def accumulate(self, learn):
-        self.epoch = learn.epoch
-
-    @property
-    def value(self):
-        return self.values[self.epoch]
 
 
 def test_csv_logger_called_the_keras_way_writes_epoch_and_the_sorted_keras_keys(tmp_path):

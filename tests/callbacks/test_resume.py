@@ -15,7 +15,7 @@ from resume_worker import N_EPOCH, differences
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
-from conftest import tiny_learner
+from conftest import Crash, CrashAt, tiny_learner
 from hookloop import BackupAndRestore, Callback, DataLoaders, Learner, ResumableSampler
 from hookloop.checkpoint import list_checkpoints, safe_load
 
@@ -159,23 +159,6 @@ def test_kill_during_a_checkpoint_write_resumes_from_the_newest_complete_one(kil
 
 
 # ---- in-process behaviour ------------------------------------------------------------------
-
-
-class Crash(Exception):
-    pass
-
-
-class CrashAt(Callback):
-    """Raises at the start of training batch `k` (1-based, counted over the fit)."""
-
-    def __init__(self, k: int) -> None:
-        self.k, self.seen = k, 0
-
-    def before_batch(self) -> None:
-        if self.training:
-            self.seen += 1
-            if self.seen == self.k:
-                raise Crash()
 
 
 def _learner(cbs=(), **kwargs) -> Learner:

@@ -16,7 +16,7 @@ from torch import nn
 
 import hookloop.checkpoint_format as checkpoint_format
 import hookloop.folder_lock as folder_lock
-from conftest import tiny_dls
+from conftest import Crash, CrashAt, tiny_dls
 from hookloop import BackupAndRestore, Callback, Learner
 from hookloop.checkpoint import (
     LOCK_NAME,
@@ -28,23 +28,6 @@ from hookloop.checkpoint import (
     prune_checkpoints,
     write_checkpoint,
 )
-
-
-class Crash(Exception):
-    pass
-
-
-class CrashAt(Callback):
-    """Raises at the start of training batch `k` (1-based, counted over the fit)."""
-
-    def __init__(self, k: int) -> None:
-        self.k, self.seen = k, 0
-
-    def before_batch(self) -> None:
-        if self.training:
-            self.seen += 1
-            if self.seen == self.k:
-                raise Crash()
 
 
 class CountBatches(Callback):
