@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from hookloop import (
     MixedPrecision,
     accuracy,
 )
+from hookloop.callbacks.compile import _fusable, _fused_step
 
 # 310 training samples in batches of 16: 20 steps an epoch, the last one of 6 samples;
 # validation in batches of 32 with a last one of 4.
@@ -32,9 +34,14 @@ def _data() -> DataLoaders:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(N_TRAIN + N_VALID, 8, generator=g)
     y = (x[:, :3] + 0.5 * x[:, 3:6]).argmax(1)
-    train = DataLoaders.from_tensors(x[:N_TRAIN], y[:N_TRAIN], bs=BS, shuffle=False)
-    valid = DataLoaders.from_tensors(x[N_TRAIN:], y[N_TRAIN:], bs=VALID_BS, shuffle=False)
-    return DataLoaders(train.train, valid.train)
+    return DataLoaders.from_tensors(
+        x[:N_TRAIN],
+        y[:N_TRAIN],
+        valid=(x[N_TRAIN:], y[N_TRAIN:]),
+        bs=BS,
+        valid_bs=VALID_BS,
+        shuffle=False,
+    )
 
 
 def _learner(compile: bool, cbs: list | None = None, **kwargs) -> Learner:
@@ -79,10 +86,15 @@ class GraphCount(Callback):
         self.per_epoch.append(self.now())
 
 
-def _one_cycle_run(compile: bool) -> tuple[Learner, EventLog, GraphCount]:
+# AdamW made with fused=False: Compile then compiles its step instead of using torch's fused
+# CPU kernel (what the default AdamW gets on the CPU).
+UNFUSED_ADAMW = partial(torch.optim.AdamW, fused=False)
+
+
+def _one_cycle_run(compile: bool, **kwargs) -> tuple[Learner, EventLog, GraphCount]:
     # fit_one_cycle changes the learning rate and momentum at every step.
     log, count = EventLog(), GraphCount()
-    learn = _learner(compile, cbs=[log, count])
+    learn = _learner(compile, cbs=[log, count], **kwargs)
     learn.fit_one_cycle(3, lr_max=1e-2)
     return learn, log, count
 
@@ -97,34 +109,81 @@ def compiled_run():
     return _one_cycle_run(True)
 
 
+@pytest.fixture(scope="module")
+def compiled_step_run():
+    return _one_cycle_run(True, opt_func=UNFUSED_ADAMW)
+
+
 def test_compiled_fit_fires_the_same_events_in_the_same_order_as_eager(eager_run, compiled_run):
     assert compiled_run[1].events == eager_run[1].events
-    assert compiled_run[0].compiler.regions == {"forward": "forward+loss", "step": "compiled"}
+    assert compiled_run[0].compiler.regions == {"forward": "forward+loss", "step": "fused"}
 
 
-def test_compiled_losses_match_eager_within_1e5_over_the_first_20_steps(eager_run, compiled_run):
+def test_an_optimizer_made_with_fused_false_gets_the_compiled_step(compiled_step_run):
+    assert compiled_step_run[0].compiler.regions == {"forward": "forward+loss", "step": "compiled"}
+
+
+@pytest.mark.parametrize("run", ["compiled_run", "compiled_step_run"])
+def test_compiled_losses_match_eager_within_1e5_over_the_first_20_steps(eager_run, run, request):
+    compiled_run = request.getfixturevalue(run)
     eager, compiled = eager_run[0].recorder.losses[:20], compiled_run[0].recorder.losses[:20]
     assert len(compiled) == 20
     for a, b in zip(eager, compiled):
         assert b == pytest.approx(a, rel=1e-5)
 
 
+# Graphs compiled in the first epoch: forward+loss for training and for validation, and the
+# optimizer step when it is compiled (not when torch's fused kernel takes it).
+@pytest.mark.parametrize("run, graphs", [("compiled_run", 2), ("compiled_step_run", 3)])
 def test_no_recompilation_after_the_first_epoch_with_short_batches_validation_and_schedules(
-    compiled_run,
+    run, graphs, request
 ):
-    count = compiled_run[2]
+    count = request.getfixturevalue(run)[2]
     assert len(count.per_epoch) == 3
     assert count.per_epoch[1] == count.per_epoch[0] and count.per_epoch[2] == count.per_epoch[0]
     # Flat because nothing recompiles, not because torch gave up and runs eagerly (a frame
-    # over the recompile limit counts in "total" but not in "ok"): the first epoch compiled
-    # forward+loss for training and for validation, and the optimizer step, each once.
-    graphs, total, ok = (a - b for a, b in zip(count.per_epoch[0], count.start))
+    # over the recompile limit counts in "total" but not in "ok").
+    new_graphs, total, ok = (a - b for a, b in zip(count.per_epoch[0], count.start))
     assert ok == total
-    assert graphs == 3
+    assert new_graphs == graphs
 
 
-def test_the_model_and_optimizer_are_left_uncompiled_after_the_fit(compiled_run):
-    learn = compiled_run[0]
+def test_the_default_adamw_steps_with_torchs_fused_kernel_once_per_batch(monkeypatch):
+    calls = []
+    fused = torch._fused_adamw_
+    monkeypatch.setattr(torch, "_fused_adamw_", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    learn = _learner(True)
+    learn.fit(1)
+    assert len(calls) == 20  # 310 samples in batches of 16
+
+
+def test_sgd_takes_the_fused_kernel_but_not_with_sparse_gradients():
+    emb = nn.Embedding(10, 4, sparse=True)
+    lin = nn.Linear(4, 1)
+    results = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        emb.reset_parameters(), lin.reset_parameters()
+        opt = torch.optim.SGD([*emb.parameters(), *lin.parameters()], lr=0.1)
+        step = _fused_step(opt) if fused else opt.step
+        for _ in range(3):
+            lin(emb(torch.tensor([1, 2, 2]))).sum().backward()
+            step()
+            opt.zero_grad()
+        results.append([p.detach().clone() for p in (emb.weight, lin.weight)])
+    assert _fusable(opt)
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def test_the_fused_step_leaves_the_optimizer_as_the_user_made_it(compiled_run):
+    # fused=True is set for each step only: the state dict an eager run loads says None.
+    groups = compiled_run[0].opt.state_dict()["param_groups"]
+    assert [(g["fused"], g["foreach"]) for g in groups] == [(None, None)] * len(groups)
+
+
+@pytest.mark.parametrize("run", ["compiled_run", "compiled_step_run"])
+def test_the_model_and_optimizer_are_left_uncompiled_after_the_fit(run, request):
+    learn = request.getfixturevalue(run)[0]
     assert learn.forward_loss_fn is None
     assert "step" not in learn.opt.__dict__
     assert learn.model._compiled_call_impl is None

@@ -101,6 +101,55 @@ class _HyperTensors:
             group.update(old)
 
 
+# torch's fused CPU kernels (torch >= 2.4) make one pass over each parameter and its state.
+# Measured here (one thread, 1.1M parameters): AdamW 0.60 ms fused, 1.81 ms compiled, 2.24 ms
+# eager; Adam 0.60 / 1.62 / 1.93; SGD with momentum 0.21 / 0.31 / 0.66. Exact types: a subclass
+# may change `step`. Elsewhere (CUDA) the compiled step is torch's documented recipe.
+_FUSED_ON_CPU = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
+
+
+def _fusable(opt: Any) -> bool:
+    """Whether `opt` can take its steps with torch's fused CPU kernel: an Adam, AdamW or SGD
+    whose parameters are all floating point on the CPU, not made differentiable or capturable,
+    and not explicitly `fused=False` by the user."""
+    if type(opt) not in _FUSED_ON_CPU:
+        return False
+    for group in opt.param_groups:
+        if group.get("fused") is False:  # torch's default is None: False is the user's choice
+            return False
+        if group.get("differentiable") or group.get("capturable"):
+            return False
+        for p in group["params"]:
+            if p.device.type != "cpu" or not p.is_floating_point():
+                return False
+    return True
+
+
+def _fused_step(opt: torch.optim.Optimizer) -> Any:
+    """`opt.step` with `fused=True` for the call only: state dicts and the optimizer outside the
+    fit stay as the user made them (the state tensors are the same either way)."""
+    eager = opt.step
+    sparse_possible = type(opt) is torch.optim.SGD  # fused SGD has no sparse gradients
+
+    def step(closure: Any = None) -> Any:
+        # Read at each step: load_state_dict (a resume) replaces the list of groups.
+        groups = opt.param_groups
+        if sparse_possible and any(
+            p.grad is not None and p.grad.is_sparse for g in groups for p in g["params"]
+        ):
+            return eager(closure)
+        saved = [(g.get("fused"), g.get("foreach")) for g in groups]
+        for g in groups:
+            g["fused"], g["foreach"] = True, False
+        try:
+            return eager(closure)
+        finally:
+            for g, (fused, foreach) in zip(groups, saved):
+                g["fused"], g["foreach"] = fused, foreach
+
+    return step
+
+
 def _eager_requests(cbs: list[Callback]) -> dict[str, list[str]]:
     """Region -> names of the callbacks whose class asks for it to run eagerly."""
     out: dict[str, list[str]] = {}
@@ -125,9 +174,11 @@ class Compile(Callback):
       is a `loss_func`: the loop calls it through `learn.forward_loss_fn`. Otherwise the model
       alone is compiled in place (the module inside DDP, so each rank compiles its own) and the
       loss runs eagerly, so a callback that changes `learn.pred` still decides the loss;
-    - the optimizer step (torch's compiled-optimizer recipe: `opt.step()` inside
-      `torch.compile`); a learning rate or momentum changed by a schedule turns into an input of
-      the graph at its first change (one recompile).
+    - the optimizer step: for Adam, AdamW and SGD on the CPU torch's fused kernel (`fused=True`
+      for the fit's steps only: 3x faster here than the compiled step), otherwise torch's
+      compiled-optimizer recipe (`opt.step()` inside `torch.compile`, the learning rate and betas
+      as tensors, so a schedule changing them does not recompile). An optimizer made with
+      `fused=False` gets the compiled step.
     Every event still fires, in order, between the compiled regions (a callback changing
     `learn.loss` in `after_loss` works as without Compile). The graphs are kept across fits and
     the model and optimizer are left as they were after each fit (`validate()` and `get_preds()`
@@ -153,7 +204,7 @@ class Compile(Callback):
 
     Attributes (the callback is `learn.compiler`; `learn.compile` is the method):
         regions: what ran compiled in the current (or last) fit: `{"forward": "forward+loss" |
-            "forward" | "eager", "step": "compiled" | "eager"}` (a model the user compiled
+            "forward" | "eager", "step": "fused" | "compiled" | "eager"}` (a model the user compiled
             before is left as it is).
     """
 
@@ -245,8 +296,12 @@ class Compile(Callback):
             self._install_forward()
         if self.compile_step and "step" not in eager:
             self._opt, self._opt_step = opt, opt.__dict__.get("step")
-            opt.step = self._compiled_step(opt)
-            self.regions["step"] = "compiled"
+            if _fusable(opt):
+                opt.step = _fused_step(opt)
+                self.regions["step"] = "fused"
+            else:
+                opt.step = self._compiled_step(opt)
+                self.regions["step"] = "compiled"
 
     def _install_forward(self) -> None:
         learn = self.learn
