@@ -9,7 +9,7 @@ the default allocator. Each run trains, one thread, with pre-made batches (the l
   the same loop with `torch.compile(model)` (what users try first), the same loop with the model
   and the optimizer step compiled (torch's recipe), the eager loop and the compiled-model loop
   with torch's fused AdamW kernel, hookloop default eager and hookloop default with
-  `learn.compile()`;
+  `learn.compile()`, and the matrix products alone (a floor for any loop);
 - overhead.py's tiny MLP 32-32-10, bs 64, AdamW: the eager loop, hookloop default eager and
   with `learn.compile()`.
 "Hookloop default" is every callback of a default learner on (TrainEval, Recorder, the progress
@@ -77,6 +77,44 @@ class CompiledStep:
         self.opt.zero_grad()
 
 
+def matmuls_only(model: nn.Module, train: list, valid: list) -> Callable[[], None]:
+    """An epoch of only the matrix products the MLP's training and validation need, into buffers
+    made beforehand: forward `x @ W.T + b` per layer, backward `g.T @ x` (weight gradient) per
+    layer and `g @ W` (input gradient) for all but the first. No loop, loss, activation or
+    optimizer: a floor no training loop on this CPU goes under, since torch.compile calls the
+    same matmul kernels."""
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    weights = [m.weight.detach() for m in linears]
+    biases = [m.bias.detach() for m in linears]
+
+    def passes(bs: int) -> list[tuple[torch.Tensor, ...]]:
+        acts = [torch.randn(bs, linears[0].in_features)]
+        acts += [torch.empty(bs, m.out_features) for m in linears]
+        grads = [torch.randn(bs, m.out_features) for m in linears]
+        wgrads = [torch.empty_like(w) for w in weights]
+        ingrads = [torch.empty(bs, m.in_features) for m in linears]
+        return [acts, grads, wgrads, ingrads]
+
+    buffers = {len(xb): passes(len(xb)) for xb, _ in train + valid}
+
+    def forward(acts: list) -> None:
+        for i, (w, b) in enumerate(zip(weights, biases)):
+            torch.addmm(b, acts[i], w.t(), out=acts[i + 1])
+
+    def epoch() -> None:
+        for xb, _ in train:
+            acts, grads, wgrads, ingrads = buffers[len(xb)]
+            forward(acts)
+            for i, w in enumerate(weights):
+                torch.mm(grads[i].t(), acts[i], out=wgrads[i])
+                if i:
+                    torch.mm(grads[i], w, out=ingrads[i])
+        for xb, _ in valid:
+            forward(buffers[len(xb)][0])
+
+    return epoch
+
+
 def rows(
     sizes: tuple[int, ...], bs: int, n_batches: int, hand_compiled: bool, stack: Any
 ) -> tuple[dict[str, Callable[[], None]], str]:
@@ -109,6 +147,7 @@ def rows(
         fns["loop, model compiled + fused"] = plain_loop(
             compiled_model, opt3, train, valid, True, log
         )
+        fns["matmuls only (floor)"] = matmuls_only(model, train, valid)
     fns["hookloop default"] = hookloop(False)
     fns["hookloop default + compile"] = hookloop(True)
     shape = "-".join(map(str, sizes))
