@@ -39,6 +39,7 @@ def _unchanged(learn, before) -> bool:
         ({"path": 123}, TypeError, "path must be a str or a path, got 123"),
         ({"metrics": AvgMetric}, TypeError, "metrics: got the class AvgMetric"),
         ({"metrics": [accuracy, accuracy]}, ValueError, "two metrics named 'accuracy'"),
+        ({"compile": "max-autotune"}, TypeError, "compile must be True, False or a dict"),
     ],
 )
 def test_a_bad_learner_argument_is_named_at_construction(kwargs, error, words):

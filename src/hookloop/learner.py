@@ -364,6 +364,10 @@ class Learner:
         self.add_cbs(listify(cbs) + listify(callbacks))
         for fn in callback_fns or ():
             self.add_cb(self._from_callback_fn(fn))
+        if not isinstance(compile, (bool, dict)):
+            raise TypeError(
+                f"compile must be True, False or a dict of torch.compile arguments, got {compile!r}"
+            )
         if compile:  # Learner.compile comes from callbacks/compile.py
             self.compile(**(compile if isinstance(compile, dict) else {}))
 
