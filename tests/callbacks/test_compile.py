@@ -16,11 +16,13 @@ from hookloop import (
     BackupAndRestore,
     Callback,
     Compile,
+    CutMix,
     DataLoaders,
     GradientAccumulation,
     GradientClip,
     Learner,
     MixedPrecision,
+    MixUp,
     accuracy,
 )
 from hookloop.callbacks.compile import _fusable, _fused_step
@@ -286,6 +288,34 @@ def test_each_supported_callback_trains_compiled_like_eager(make_cb):
     tol = {"rtol": 2e-2, "atol": 2e-2} if bf16 else {"rtol": 1e-4, "atol": 1e-5}
     for k, v in results[1][0].items():
         torch.testing.assert_close(v, results[0][0][k], **tol)
+
+
+@pytest.mark.parametrize(
+    "make_cb", [lambda: MixUp(seed=3), lambda: CutMix(seed=3)], ids=["MixUp", "CutMix"]
+)
+def test_mixing_trains_compiled_like_eager_with_no_graph_after_the_first_epoch(make_cb):
+    # The mixing weights change every batch; as floats in the loss they would be constants of
+    # the graph. The 8 features as a 1x2x4 image, for CutMix's box.
+    def image_learner(compile: bool, cbs: list) -> Learner:
+        learn = _learner(compile, cbs=cbs)
+        learn.dls = DataLoaders(
+            *[
+                [(x.view(-1, 1, 2, 4), y) for x, y in dl]
+                for dl in (learn.dls.train, learn.dls.valid)
+            ]
+        )
+        learn.model = nn.Sequential(nn.Flatten(), learn.model)
+        return learn
+
+    count = GraphCount()
+    compiled = image_learner(True, [make_cb(), count])
+    compiled.fit(3)
+    eager = image_learner(False, [make_cb()])
+    eager.fit(3)
+    assert compiled.recorder.raw_losses == pytest.approx(eager.recorder.raw_losses, rel=1e-5)
+    assert count.per_epoch[2] == count.per_epoch[1] == count.per_epoch[0]
+    graphs, total, ok = (a - b for a, b in zip(count.per_epoch[0], count.start))
+    assert (graphs, ok) == (2, total)  # training and validation forward+loss, none given up
 
 
 class ZeroPred(Callback):

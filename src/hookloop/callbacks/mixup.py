@@ -53,6 +53,8 @@ class MixedLoss:
     def __init__(self, loss_func: Callable) -> None:
         self.loss_func = loss_func
         self.parts: list[tuple[float, torch.Tensor | None]] | None = None
+        self.weights: list[torch.Tensor] = []
+        self.indices: list[torch.Tensor | None] = []
 
     def mix(self, lam: float, perm: torch.Tensor) -> None:
         """Record that sample i is now `lam * sample i + (1 - lam) * sample perm[i]`."""
@@ -60,12 +62,26 @@ class MixedLoss:
         self.parts = [(w * lam, idx) for w, idx in parts] + [
             (w * (1.0 - lam), perm if idx is None else idx[perm]) for w, idx in parts
         ]
+        # For a compiled loss (Compile) the weights are tensors, inputs of its graph (a float
+        # would be a constant, recompiled for every batch), and the partner indices have a
+        # dynamic batch size, like the inputs (the short last batch takes the same graph).
+        # A float32 0-dim tensor times a float32 loss is bit-equal to the float times it.
+        # `__call__` reads these two lists only: reading `parts` would make the floats guards.
+        self.weights = [torch.tensor(w, dtype=torch.float32) for w, _ in self.parts]
+        self.indices = [idx for _, idx in self.parts]
+        for idx in self.indices:
+            if idx is not None:
+                torch._dynamo.maybe_mark_dynamic(idx, 0)
+
+    def reset(self) -> None:
+        """Forget the mixing: the next batch's loss is the plain loss until `mix` again."""
+        self.parts, self.weights, self.indices = None, [], []
 
     def __call__(self, pred: Any, *yb: Any) -> torch.Tensor:
-        if not self.parts:
+        if not self.weights:
             return self.loss_func(pred, *yb)
         total = None
-        for w, idx in self.parts:
+        for w, idx in zip(self.weights, self.indices):
             ys = yb if idx is None else tuple(y[idx] for y in yb)
             term = w * self.loss_func(pred, *ys)
             total = term if total is None else total + term
@@ -73,7 +89,7 @@ class MixedLoss:
 
     def __getattr__(self, key: str) -> Any:
         # Attributes of the wrapped loss (reduction, activation, ...) stay reachable.
-        if key.startswith("__") or key in ("loss_func", "parts"):
+        if key.startswith("__") or key in ("loss_func", "parts", "weights", "indices"):
             raise AttributeError(key)
         return getattr(self.loss_func, key)
 
@@ -147,7 +163,7 @@ class _Mixing(Callback):
     def after_batch(self) -> None:
         lf = self.learn.loss_func
         if isinstance(lf, MixedLoss):
-            lf.parts = None
+            lf.reset()
 
     # Training is over (normally, cancelled, or by an error): give validation the plain loss.
     def after_train(self) -> None:
