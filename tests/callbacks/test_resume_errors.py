@@ -313,6 +313,41 @@ def test_one_folder_for_two_fits_in_one_process_is_an_error(tmp_path):
     assert learn.fit(1).epoch == [0]
 
 
+class BrokenCleanUp(Callback):
+    """Fails in after_exception; order 0: before BackupAndRestore's (1000)."""
+
+    def after_exception(self) -> None:
+        raise OSError("after_exception failed")
+
+
+class BrokenAfterFit(Callback):
+    """Fails in after_fit; order 0: before BackupAndRestore's (1000)."""
+
+    def after_fit(self) -> None:
+        raise OSError("after_fit failed")
+
+
+def test_a_failing_after_exception_of_another_callback_still_releases_the_folder(tmp_path):
+    folder = tmp_path / "b"
+    # Kept alive: a lock that leaked would otherwise be dropped when the learner is collected.
+    first = _learner([BrokenCleanUp(), BackupAndRestore(folder), CrashAt(6)])
+    with pytest.raises(Crash):
+        first.fit(3)
+    assert not (folder / LOCK_NAME).exists()
+    assert _learner([BackupAndRestore(folder)]).fit(3).epoch == [0, 1, 2]  # resumed, not refused
+
+
+def test_a_failing_after_fit_of_another_callback_still_releases_the_folder(tmp_path):
+    folder = tmp_path / "b"
+    first = _learner([BrokenAfterFit(), BackupAndRestore(folder)])
+    with pytest.raises(OSError, match="after_fit failed"):
+        first.fit(2)
+    # BackupAndRestore's after_fit was skipped, its after_exception released the lock; the
+    # backups of the complete run are kept, and the next fit finds nothing left to do.
+    assert not (folder / LOCK_NAME).exists()
+    assert _learner([BackupAndRestore(folder)]).fit(2).epoch == [0, 1]
+
+
 def test_on_a_filesystem_without_locks_backups_warn_and_go_on(tmp_path, monkeypatch):
     class NoLocks:
         LOCK_EX, LOCK_NB = 2, 4
