@@ -26,6 +26,7 @@ from hookloop import (
     TerminateOnNaN,
     accuracy,
 )
+from hookloop.collectives import _describe, _rebuild
 from hookloop.distributed import (
     barrier,
     init_distributed,
@@ -74,6 +75,27 @@ def test_reduce_weighted_returns_the_values_outside_a_process_group():
         "loss": 0.5,
         "accuracy": 1.0,
     }
+
+
+def test_an_error_shared_by_another_rank_is_rebuilt_with_its_type_message_and_rank():
+    sent = FileNotFoundError(2, "No such file or directory", "backups/x")
+    rebuilt = _rebuild(_describe(sent), 1)
+    assert type(rebuilt) is FileNotFoundError and rebuilt.errno == 2
+    assert str(rebuilt) == str(sent)
+    assert rebuilt.__notes__[0].startswith("raised on rank 1; this rank raises it too")
+
+
+class TwoPartError(Exception):
+    """Made from two values, so it cannot be made again from its message alone."""
+
+    def __init__(self, what: str, why: str) -> None:
+        super().__init__(f"{what}: {why}")
+
+
+def test_an_error_that_cannot_be_rebuilt_is_a_runtime_error_naming_its_type():
+    rebuilt = _rebuild(_describe(TwoPartError("folder", "gone")), 0)
+    assert type(rebuilt) is RuntimeError
+    assert str(rebuilt) == "TwoPartError: folder: gone"
 
 
 def test_shard_sampler_takes_every_world_size_th_index():
