@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import csv
-import multiprocessing
-import os
-import socket
-import sys
-import traceback
 from pathlib import Path
 
 import pytest
@@ -16,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from conftest import OwnLossClassifier
+from ddp_helpers import rank_errors, run_two_ranks
 from hookloop import (
     Callback,
     CSVLogger,
@@ -30,6 +26,7 @@ from hookloop import (
     TerminateOnNaN,
     accuracy,
 )
+from hookloop.collectives import _describe, _rebuild
 from hookloop.distributed import (
     barrier,
     init_distributed,
@@ -39,10 +36,6 @@ from hookloop.distributed import (
     shard_loader,
     world_size,
 )
-
-# A forked child starts in milliseconds (torch is already imported); a spawned one takes ~5 s.
-RUN_TIMEOUT = 60.0
-
 
 # ---- rank helpers and sharding, in this process --------------------------------------------
 
@@ -82,6 +75,27 @@ def test_reduce_weighted_returns_the_values_outside_a_process_group():
         "loss": 0.5,
         "accuracy": 1.0,
     }
+
+
+def test_an_error_shared_by_another_rank_is_rebuilt_with_its_type_message_and_rank():
+    sent = FileNotFoundError(2, "No such file or directory", "backups/x")
+    rebuilt = _rebuild(_describe(sent), 1)
+    assert type(rebuilt) is FileNotFoundError and rebuilt.errno == 2
+    assert str(rebuilt) == str(sent)
+    assert rebuilt.__notes__[0].startswith("raised on rank 1; this rank raises it too")
+
+
+class TwoPartError(Exception):
+    """Made from two values, so it cannot be made again from its message alone."""
+
+    def __init__(self, what: str, why: str) -> None:
+        super().__init__(f"{what}: {why}")
+
+
+def test_an_error_that_cannot_be_rebuilt_is_a_runtime_error_naming_its_type():
+    rebuilt = _rebuild(_describe(TwoPartError("folder", "gone")), 0)
+    assert type(rebuilt) is RuntimeError
+    assert str(rebuilt) == "TwoPartError: folder: gone"
 
 
 def test_shard_sampler_takes_every_world_size_th_index():
@@ -171,52 +185,6 @@ def _learner(bs: int, path: Path, cbs=None, metrics=accuracy, model=None, **kwar
         model, dls, nn.CrossEntropyLoss(), lr=1e-2, metrics=metrics, cbs=cbs, path=path,
         device="cpu", **kwargs,
     )  # fmt: skip
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _child(target, rank_: int, port: int, folder: Path) -> None:
-    # A torchrun-like environment; the group itself is created by hookloop at fit time.
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank_),
-        LOCAL_RANK=str(rank_),
-        WORLD_SIZE="2",
-    )
-    torch.set_num_threads(1)
-    sys.stdout = open(folder / f"stdout{rank_}.txt", "w", buffering=1)  # noqa: SIM115
-    try:
-        target(rank_, folder)
-    except BaseException:
-        (folder / f"error{rank_}.txt").write_text(traceback.format_exc())
-        sys.stdout.flush()
-        os._exit(1)
-    sys.stdout.flush()
-    os._exit(0)
-
-
-def _run_two_ranks(target, folder: Path) -> list[int | None]:
-    """Fork two ranks running `target(rank, folder)`; their exit codes (None: killed at timeout)."""
-    ctx = multiprocessing.get_context("fork")
-    port = _free_port()
-    procs = [ctx.Process(target=_child, args=(target, r, port, folder)) for r in range(2)]
-    for p in procs:
-        p.start()
-    codes: list[int | None] = []
-    for p in procs:
-        p.join(RUN_TIMEOUT)
-        if p.exitcode is None:
-            p.kill()
-            p.join()
-            codes.append(None)
-        else:
-            codes.append(p.exitcode)
-    return codes
 
 
 class RankScore(Metric):
@@ -342,9 +310,8 @@ def ddp_run(tmp_path_factory):
     single_mlp.logger = lambda line: None
     single_mlp.fit(3)
     folder = tmp_path_factory.mktemp("ddp")
-    codes = _run_two_ranks(_ddp_scenario, folder)
-    errors = [(folder / f"error{r}.txt") for r in range(2)]
-    details = "\n".join(e.read_text() for e in errors if e.exists())
+    codes = run_two_ranks(_ddp_scenario, folder)
+    details = "\n".join(rank_errors(folder))
     assert codes == [0, 0], f"exit codes {codes}\n{details}"
     results = [torch.load(folder / f"result{r}.pt", weights_only=False) for r in range(2)]
     return single, folder, results, single_mlp
@@ -491,10 +458,10 @@ def _failing_scenario(rank_: int, folder: Path) -> None:
 
 
 def test_a_callback_raising_on_one_rank_makes_both_ranks_exit_with_an_error(tmp_path):
-    codes = _run_two_ranks(_failing_scenario, tmp_path)
+    codes = run_two_ranks(_failing_scenario, tmp_path)
     assert codes == [1, 1]  # None would mean a rank hung until the timeout
-    assert "RuntimeError: rank 1 failed" in (tmp_path / "error1.txt").read_text()
+    rank0, rank1 = rank_errors(tmp_path)
+    assert "RuntimeError: rank 1 failed" in rank1
     # Rank 0 was waiting on rank 1 in DDP's gradient all-reduce: gloo reports the lost peer
     # ("Connection closed by peer" or "reset by peer", depending on timing) instead of hanging.
-    rank0 = (tmp_path / "error0.txt").read_text()
     assert "gloo/transport" in rank0 and "rank 1 failed" not in rank0

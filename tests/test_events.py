@@ -227,6 +227,36 @@ def test_keyboard_interrupt_fires_after_exception_and_is_reraised():
     assert log.events[-1] == "after_exception"
 
 
+def _failing_clean_up_then_log(clean_up_error: BaseException) -> tuple[EventLog, EventLog]:
+    """A fit that fails in after_loss, whose first callback also fails in after_exception."""
+    broken = EventLog({"after_loss": ZeroDivisionError("boom"), "after_exception": clean_up_error})
+    return broken, EventLog()  # both order -100: they run in this order
+
+
+def test_a_failing_after_exception_does_not_skip_the_next_callbacks_after_exception():
+    broken, log = _failing_clean_up_then_log(OSError("disk gone"))
+    with pytest.raises(ZeroDivisionError):
+        tiny_learner(cbs=[broken, log]).fit(1)
+    assert log.events[-1] == "after_exception"
+
+
+def test_the_training_error_propagates_with_a_note_naming_the_callback_whose_clean_up_failed():
+    broken, log = _failing_clean_up_then_log(OSError("disk gone"))
+    with pytest.raises(ZeroDivisionError, match="boom") as info:
+        tiny_learner(cbs=[broken, log]).fit(1)
+    notes = [n for n in info.value.__notes__ if "after_exception" in n]
+    assert len(notes) == 1
+    assert notes[0].startswith("after_exception of callback EventLog failed too: OSError: disk")
+
+
+def test_a_keyboard_interrupt_in_after_exception_propagates_after_the_other_clean_ups():
+    broken, log = _failing_clean_up_then_log(KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt) as info:
+        tiny_learner(cbs=[broken, log]).fit(1)
+    assert log.events[-1] == "after_exception"
+    assert isinstance(info.value.__context__, ZeroDivisionError)  # the training error
+
+
 def test_callbacks_passed_to_fit_are_detached_after_an_exception():
     log = EventLog({"after_batch": ValueError("x")})
     learn = tiny_learner()

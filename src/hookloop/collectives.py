@@ -1,8 +1,12 @@
 """Collectives hookloop uses under torch.distributed, each a no-op outside a group of two or
-more: barrier, weighted reduction of epoch values, any-rank flags, broadcasts and gathers."""
+more: barrier, weighted reduction of epoch values, any-rank flags, broadcasts and gathers, and
+`fail_together` (an error met by some ranks raised on all)."""
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -90,6 +94,83 @@ def gather_object(obj: Any, dst: int = 0) -> list[Any] | None:
     return out
 
 
+# What a rank's error becomes for the others: (module, qualified name, message, args). Strings
+# and plain args always pickle, and an exception object may not unpickle (a class whose
+# constructor takes other arguments than its `args`).
+_Failure = tuple[str, str, str, tuple | None]
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _describe(error: BaseException) -> _Failure:
+    cls, args = type(error), tuple(error.args)
+    if isinstance(error, OSError) and error.filename is not None:
+        # OSError keeps its file names out of `args`: made again from them it would lose them.
+        args = (error.errno, error.strerror, error.filename, None, error.filename2)
+    plain = all(isinstance(a, _PLAIN) for a in args)
+    return cls.__module__, cls.__qualname__, str(error), args if plain else None
+
+
+def _rebuild(failure: _Failure, src: int) -> Exception:
+    """The error rank `src` described: the same class and message when the class is loaded
+    here and can be made again from its args (or its message), else a RuntimeError naming it."""
+    module, qualname, message, args = failure
+    cls: Any = sys.modules.get(module)  # never imported from a name another process sent
+    for part in qualname.split("."):
+        cls = getattr(cls, part, None)
+    error: Exception | None = None
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        for attempt in ([args] if args is not None else []) + [(message,)]:
+            try:
+                made = cls(*attempt)
+            except Exception:
+                continue
+            if str(made) == message:
+                error = made
+                break
+    if error is None:
+        error = RuntimeError(f"{qualname}: {message}")
+    error.add_note(
+        f"raised on rank {src}; this rank raises it too, instead of waiting for rank {src} in "
+        f"a collective until the timeout"
+    )
+    return error
+
+
+@contextlib.contextmanager
+def fail_together() -> Iterator[None]:
+    """Run a step that may fail on some ranks only (a check only rank 0 makes); when it fails
+    on any rank, it fails on every rank, at once and with the same error.
+
+    Every rank must enter it at the same point. On leaving, the ranks exchange their outcomes
+    (one `all_gather_object`): a rank whose step raised re-raises its own error, with its
+    traceback; the others raise the error of the first rank that failed, rebuilt with the same
+    type and message and a note naming that rank. Without it the other ranks would go on to
+    the next collective and wait there for the failed rank until the group's timeout (10
+    minutes by default), then fail with a transport error that does not say what went wrong.
+    KeyboardInterrupt and SystemExit are not shared: they stop this process at once. Outside a
+    group of two or more it only runs the step.
+
+    Example:
+        with fail_together():
+            if is_rank_zero():
+                check_the_folder()
+    """
+    if not _active():
+        yield
+        return
+    try:
+        yield
+    except Exception as error:
+        try:
+            all_gather_object(_describe(error))
+        except Exception as lost:  # the group is gone too: the step's error is the one to see
+            error.add_note(f"the other ranks could not be told of this error: {lost}")
+        raise
+    for src, failure in enumerate(all_gather_object(None)):
+        if failure is not None:
+            raise _rebuild(failure, src)
+
+
 __all__ = [
     "barrier",
     "reduce_weighted",
@@ -98,4 +179,5 @@ __all__ = [
     "broadcast_object",
     "all_gather_object",
     "gather_object",
+    "fail_together",
 ]

@@ -32,6 +32,7 @@ from .collectives import (
     barrier,
     broadcast_int,
     broadcast_object,
+    fail_together,
     gather_object,
     reduce_weighted,
 )
@@ -238,6 +239,7 @@ __all__ = [
     "broadcast_object",
     "all_gather_object",
     "gather_object",
+    "fail_together",
     "DEFAULT_TIMEOUT",
     "ShardSampler",
     "shard_loader",

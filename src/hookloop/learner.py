@@ -7,6 +7,7 @@ import functools
 import inspect
 import math
 import os
+import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -152,12 +153,25 @@ def _accepts_kwarg(fn: Callable, name: str) -> bool:
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
-def _note(exc: BaseException, handler: Callable, event: str) -> None:
+def _owner_name(handler: Callable) -> str:
     owner = getattr(handler, "__self__", None)
-    who = type(owner).__name__ if owner is not None else getattr(handler, "__name__", "handler")
-    note = f"raised in callback {who} during event {event}"
+    return type(owner).__name__ if owner is not None else getattr(handler, "__name__", "handler")
+
+
+def _note(exc: BaseException, handler: Callable, event: str) -> None:
+    note = f"raised in callback {_owner_name(handler)} during event {event}"
     if note not in getattr(exc, "__notes__", ()):
         exc.add_note(note)
+
+
+def _note_failed_cleanup(error: BaseException, handler: Callable, failure: Exception) -> None:
+    # The failure's own traceback is lost with it: its innermost frame says where to look.
+    frames = traceback.extract_tb(failure.__traceback__)
+    where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    error.add_note(
+        f"after_exception of callback {_owner_name(handler)} failed too: "
+        f"{type(failure).__name__}: {failure}{where}; the other callbacks' after_exception ran"
+    )
 
 
 def _describe(items: Any) -> str:
@@ -823,10 +837,37 @@ class Learner:
         except BaseException as e:
             self.exception = e
             try:
-                self("after_exception")
+                self._after_exception(e)
             finally:
                 self.exception = None
             raise
+
+    def _after_exception(self, error: BaseException) -> None:
+        """Fire after_exception for `error`: every handler runs, even after one of them fails.
+
+        after_exception is where callbacks give back what they hold (BackupAndRestore's folder
+        lock, Compile's original model and optimizer, the loggers' open files): one broken
+        clean-up must not leave the others' resources held. The training error is what
+        propagates, and each clean-up failure becomes a note on it (what Python's `add_note` is
+        for) naming the callback and the failure: the training error is the cause the user has
+        to see and the type their `except` clauses expect, and a clean-up error that replaced
+        it (as an exception raised in a `finally` block does) would hide it behind a secondary
+        one."""
+        stop: BaseException | None = None
+        for handler in self._handlers["after_exception"]:
+            try:
+                handler()
+            except Exception as failure:
+                if failure is not error:  # a handler re-raising learn.exception adds nothing
+                    _note_failed_cleanup(error, handler, failure)
+            except BaseException as interrupt:
+                # Ctrl-C (or sys.exit) in a clean-up: the user asked to stop, so it propagates
+                # in place of the training error (its __context__), but only after the other
+                # clean-ups: in a notebook the process lives on, and would keep the lock.
+                _note(interrupt, handler, "after_exception")
+                stop = stop or interrupt
+        if stop is not None:
+            raise stop
 
     # ---- public API ------------------------------------------------------------------------
 

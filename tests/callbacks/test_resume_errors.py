@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from torch import nn
 import hookloop.checkpoint_format as checkpoint_format
 import hookloop.folder_lock as folder_lock
 from conftest import Crash, CrashAt, tiny_dls
+from ddp_helpers import rank_errors, run_two_ranks
 from hookloop import BackupAndRestore, Callback, Learner
 from hookloop.checkpoint import (
     LOCK_NAME,
@@ -28,6 +30,7 @@ from hookloop.checkpoint import (
     prune_checkpoints,
     write_checkpoint,
 )
+from hookloop.distributed import init_distributed
 
 
 class CountBatches(Callback):
@@ -313,6 +316,41 @@ def test_one_folder_for_two_fits_in_one_process_is_an_error(tmp_path):
     assert learn.fit(1).epoch == [0]
 
 
+class BrokenCleanUp(Callback):
+    """Fails in after_exception; order 0: before BackupAndRestore's (1000)."""
+
+    def after_exception(self) -> None:
+        raise OSError("after_exception failed")
+
+
+class BrokenAfterFit(Callback):
+    """Fails in after_fit; order 0: before BackupAndRestore's (1000)."""
+
+    def after_fit(self) -> None:
+        raise OSError("after_fit failed")
+
+
+def test_a_failing_after_exception_of_another_callback_still_releases_the_folder(tmp_path):
+    folder = tmp_path / "b"
+    # Kept alive: a lock that leaked would otherwise be dropped when the learner is collected.
+    first = _learner([BrokenCleanUp(), BackupAndRestore(folder), CrashAt(6)])
+    with pytest.raises(Crash):
+        first.fit(3)
+    assert not (folder / LOCK_NAME).exists()
+    assert _learner([BackupAndRestore(folder)]).fit(3).epoch == [0, 1, 2]  # resumed, not refused
+
+
+def test_a_failing_after_fit_of_another_callback_still_releases_the_folder(tmp_path):
+    folder = tmp_path / "b"
+    first = _learner([BrokenAfterFit(), BackupAndRestore(folder)])
+    with pytest.raises(OSError, match="after_fit failed"):
+        first.fit(2)
+    # BackupAndRestore's after_fit was skipped, its after_exception released the lock; the
+    # backups of the complete run are kept, and the next fit finds nothing left to do.
+    assert not (folder / LOCK_NAME).exists()
+    assert _learner([BackupAndRestore(folder)]).fit(2).epoch == [0, 1]
+
+
 def test_on_a_filesystem_without_locks_backups_warn_and_go_on(tmp_path, monkeypatch):
     class NoLocks:
         LOCK_EX, LOCK_NB = 2, 4
@@ -480,6 +518,74 @@ def test_fit_resume_auto_under_a_file_fails_in_before_fit(tmp_path):
     learn.path = tmp_path  # model_dir 'models' is a file: the backups go to models/backup
     _fails_before_any_step(learn, 2, NotADirectoryError, "backup_dir", resume="auto")
     assert a_file.read_text() == "mine"
+
+
+# Under DDP only rank 0 checks and locks the folder; a rank that waited for it in a collective
+# would fail after this timeout with a gloo error instead of the folder's error (a regression
+# fails in seconds, not after the 10-minute default).
+COLLECTIVE_TIMEOUT = 5
+
+
+def _errors_of_two_ranks(out: Path, fit: Callable[[int], object]) -> list[list[str]]:
+    """Each rank's error, [type name, message], from `fit(rank)` run by two ranks (both must
+    fail); their tracebacks are left in `out`."""
+
+    def run(rank_: int, folder: Path) -> None:
+        init_distributed(timeout=COLLECTIVE_TIMEOUT)
+        try:
+            fit(rank_)
+        except Exception as e:
+            (folder / f"raised{rank_}.json").write_text(json.dumps([type(e).__name__, str(e)]))
+            raise
+
+    out.mkdir()
+    codes = run_two_ranks(run, out)
+    assert codes == [1, 1], "\n".join(rank_errors(out))
+    return [json.loads((out / f"raised{r}.json").read_text()) for r in range(2)]
+
+
+def test_under_ddp_a_backup_dir_that_is_a_file_is_the_same_error_on_every_rank(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine")
+    rank0, rank1 = _errors_of_two_ranks(
+        tmp_path / "ranks", lambda r: _learner([BackupAndRestore(a_file)]).fit(2)
+    )
+    assert rank0 == rank1
+    assert rank0[0] == "NotADirectoryError"
+    assert rank0[1].startswith(f"BackupAndRestore: backup_dir {str(a_file)!r} is a file")
+
+
+def test_under_ddp_a_folder_in_use_is_the_same_error_on_every_rank(tmp_path):
+    folder = tmp_path / "b"
+    folder.mkdir()
+    other_run = FolderLock(folder, owner="test")  # held by this process, not by the ranks
+    assert other_run.acquire()
+    try:
+        rank0, rank1 = _errors_of_two_ranks(
+            tmp_path / "ranks", lambda r: _learner([BackupAndRestore(folder)]).fit(2)
+        )
+    finally:
+        other_run.release()
+    assert rank0 == rank1
+    assert rank0[0] == "FolderInUseError"
+    assert f"{str(folder)!r} is in use by another run (process {os.getpid()} on" in rank0[1]
+
+
+def test_under_ddp_a_resume_mismatch_on_one_rank_is_the_same_error_on_every_rank(tmp_path):
+    folder = tmp_path / "b"
+    crashed = _errors_of_two_ranks(
+        tmp_path / "crash", lambda r: _learner([BackupAndRestore(folder), CrashAt(3)]).fit(2)
+    )
+    assert crashed == [["Crash", ""], ["Crash", ""]]  # in epoch 1: a backup of epoch 0 is left
+    # Rank 0 resumes its AdamW state as it should; rank 1 alone finds the mismatch.
+    opt_funcs = [torch.optim.AdamW, torch.optim.SGD]
+    rank0, rank1 = _errors_of_two_ranks(
+        tmp_path / "resume",
+        lambda r: _learner([BackupAndRestore(folder)], opt_func=opt_funcs[r]).fit(2),
+    )
+    assert rank0 == rank1
+    assert rank0[0] == "ResumeMismatchError"
+    assert "optimizer: AdamW in the backup, SGD now" in rank0[1]
 
 
 # ---- item 5: temporaries of a killed backup write ------------------------------------------

@@ -23,6 +23,7 @@ from ..checkpoint_format import (
     remove_stale_temporaries,
     stale_temporaries,
 )
+from ..collectives import fail_together
 from ..data import is_stateful_loader
 from ..learner import FIT_EXTENSIONS
 from ..training_state import ANY_RUN, Checkpoint, position_target, save_checkpoint
@@ -133,6 +134,13 @@ class _Restore(Callback):
         return ANY_RUN
 
     def before_fit(self) -> None:
+        # Under DDP every rank reads and checks the checkpoint; a rank that found it unusable
+        # (a ResumeMismatchError, a broken file) makes every rank raise, instead of the others
+        # training on and waiting for it in the first gradient all-reduce.
+        with fail_together():
+            self._restore_at_fit_start()
+
+    def _restore_at_fit_start(self) -> None:
         learn = self.learn
         self.restored_from, self._pending = None, None
         # lr_find's short fit is not the training to back up: it must neither restore the
@@ -279,8 +287,13 @@ class BackupAndRestore(_Restore):
         learn = self.learn
         if not learn.trial_run:
             self._release()  # a fit that ended without after_fit (an error elsewhere)
-            if is_rank_zero():
-                self._take_folder()
+            # Rank 0 alone writes the backups, so it alone checks and locks the folder; the
+            # other ranks wait for its outcome here and raise its error with it (a file
+            # instead of a folder, a folder in use), instead of waiting for it in the next
+            # collective until the timeout.
+            with fail_together():
+                if is_rank_zero():
+                    self._take_folder()
         try:
             if (
                 self.save_freq != "epoch"
