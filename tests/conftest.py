@@ -1,10 +1,18 @@
-"""Shared test helpers: tiny data and learners, a scripted loss, a local HTTP server, event log."""
+"""Shared test helpers: tiny data and learners, a scripted loss, a local HTTP server, event log,
+and two forked ranks on gloo."""
 
 from __future__ import annotations
 
 import http.server
+import multiprocessing
+import os
+import socket
+import sys
 import threading
+import traceback
 import types
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -156,3 +164,64 @@ class CrashAt(Callback):
             self.seen += 1
             if self.seen == self.k:
                 raise Crash()
+
+
+# ---- two processes on gloo ----------------------------------------------------------------------
+
+# A forked child starts in milliseconds (torch is already imported); a spawned one takes ~5 s.
+RUN_TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_child(target: Callable[[int, Path], None], rank_: int, port: int, folder: Path) -> None:
+    # A torchrun-like environment; the group itself is created by hookloop at fit time.
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank_),
+        LOCAL_RANK=str(rank_),
+        WORLD_SIZE="2",
+    )
+    torch.set_num_threads(1)
+    sys.stdout = open(folder / f"stdout{rank_}.txt", "w", buffering=1)  # noqa: SIM115
+    try:
+        target(rank_, folder)
+    except BaseException:
+        (folder / f"error{rank_}.txt").write_text(traceback.format_exc())
+        sys.stdout.flush()
+        os._exit(1)
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def run_two_ranks(target: Callable[[int, Path], None], folder: Path) -> list[int | None]:
+    """Fork two ranks running `target(rank, folder)`; their exit codes (None: killed at timeout).
+
+    Each rank writes its stdout to `folder/stdout{rank}.txt` and, if it raises, the traceback
+    to `folder/error{rank}.txt` (see `rank_errors`)."""
+    ctx = multiprocessing.get_context("fork")
+    port = free_port()
+    procs = [ctx.Process(target=_rank_child, args=(target, r, port, folder)) for r in range(2)]
+    for p in procs:
+        p.start()
+    codes: list[int | None] = []
+    for p in procs:
+        p.join(RUN_TIMEOUT)
+        if p.exitcode is None:
+            p.kill()
+            p.join()
+            codes.append(None)
+        else:
+            codes.append(p.exitcode)
+    return codes
+
+
+def rank_errors(folder: Path) -> str:
+    """The tracebacks the ranks of `run_two_ranks` wrote (empty if none raised)."""
+    return "\n".join(f.read_text() for r in range(2) if (f := folder / f"error{r}.txt").exists())

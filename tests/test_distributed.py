@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import csv
-import multiprocessing
-import os
-import socket
-import sys
-import traceback
 from pathlib import Path
 
 import pytest
@@ -15,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from conftest import OwnLossClassifier
+from conftest import OwnLossClassifier, rank_errors, run_two_ranks
 from hookloop import (
     Callback,
     CSVLogger,
@@ -39,10 +34,6 @@ from hookloop.distributed import (
     shard_loader,
     world_size,
 )
-
-# A forked child starts in milliseconds (torch is already imported); a spawned one takes ~5 s.
-RUN_TIMEOUT = 60.0
-
 
 # ---- rank helpers and sharding, in this process --------------------------------------------
 
@@ -173,52 +164,6 @@ def _learner(bs: int, path: Path, cbs=None, metrics=accuracy, model=None, **kwar
     )  # fmt: skip
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _child(target, rank_: int, port: int, folder: Path) -> None:
-    # A torchrun-like environment; the group itself is created by hookloop at fit time.
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank_),
-        LOCAL_RANK=str(rank_),
-        WORLD_SIZE="2",
-    )
-    torch.set_num_threads(1)
-    sys.stdout = open(folder / f"stdout{rank_}.txt", "w", buffering=1)  # noqa: SIM115
-    try:
-        target(rank_, folder)
-    except BaseException:
-        (folder / f"error{rank_}.txt").write_text(traceback.format_exc())
-        sys.stdout.flush()
-        os._exit(1)
-    sys.stdout.flush()
-    os._exit(0)
-
-
-def _run_two_ranks(target, folder: Path) -> list[int | None]:
-    """Fork two ranks running `target(rank, folder)`; their exit codes (None: killed at timeout)."""
-    ctx = multiprocessing.get_context("fork")
-    port = _free_port()
-    procs = [ctx.Process(target=_child, args=(target, r, port, folder)) for r in range(2)]
-    for p in procs:
-        p.start()
-    codes: list[int | None] = []
-    for p in procs:
-        p.join(RUN_TIMEOUT)
-        if p.exitcode is None:
-            p.kill()
-            p.join()
-            codes.append(None)
-        else:
-            codes.append(p.exitcode)
-    return codes
-
-
 class RankScore(Metric):
     """A validation 'metric' whose value is SCORES[rank][epoch] on each rank."""
 
@@ -342,10 +287,8 @@ def ddp_run(tmp_path_factory):
     single_mlp.logger = lambda line: None
     single_mlp.fit(3)
     folder = tmp_path_factory.mktemp("ddp")
-    codes = _run_two_ranks(_ddp_scenario, folder)
-    errors = [(folder / f"error{r}.txt") for r in range(2)]
-    details = "\n".join(e.read_text() for e in errors if e.exists())
-    assert codes == [0, 0], f"exit codes {codes}\n{details}"
+    codes = run_two_ranks(_ddp_scenario, folder)
+    assert codes == [0, 0], f"exit codes {codes}\n{rank_errors(folder)}"
     results = [torch.load(folder / f"result{r}.pt", weights_only=False) for r in range(2)]
     return single, folder, results, single_mlp
 
@@ -491,7 +434,7 @@ def _failing_scenario(rank_: int, folder: Path) -> None:
 
 
 def test_a_callback_raising_on_one_rank_makes_both_ranks_exit_with_an_error(tmp_path):
-    codes = _run_two_ranks(_failing_scenario, tmp_path)
+    codes = run_two_ranks(_failing_scenario, tmp_path)
     assert codes == [1, 1]  # None would mean a rank hung until the timeout
     assert "RuntimeError: rank 1 failed" in (tmp_path / "error1.txt").read_text()
     # Rank 0 was waiting on rank 1 in DDP's gradient all-reduce: gloo reports the lost peer
