@@ -19,8 +19,9 @@ def compile_data() -> DataLoaders:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(N_TRAIN + N_VALID, 8, generator=g)
     y = (x[:, :3] + 0.5 * x[:, 3:6]).argmax(1)
-    train = DataLoaders.from_tensors(x[:N_TRAIN], y[:N_TRAIN], bs=BS, shuffle=False)
-    valid = DataLoaders.from_tensors(x[N_TRAIN:], y[N_TRAIN:], bs=VALID_BS, shuffle=False)
+    kw = {"valid_pct": None, "shuffle": False}  # all of each split, in order
+    train = DataLoaders.from_tensors(x[:N_TRAIN], y[:N_TRAIN], bs=BS, **kw)
+    valid = DataLoaders.from_tensors(x[N_TRAIN:], y[N_TRAIN:], bs=VALID_BS, **kw)
     return DataLoaders(train.train, valid.train)
 
 
