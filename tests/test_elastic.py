@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 
 import hookloop
 from callbacks.resume_worker import differences
+from conftest import free_port
 from hookloop.checkpoint import safe_load
 
 WORKER = Path(__file__).with_name("elastic_worker.py")
@@ -22,19 +22,13 @@ SRC = Path(hookloop.__file__).resolve().parents[1]
 RUN_TIMEOUT = 180
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun(out: Path, kill: dict | None = None, standalone: bool = False) -> list[dict]:
     """`torchrun --nproc_per_node=2 --max-restarts=1` of the worker; each rank's result."""
     out.mkdir(parents=True)
     rdzv = (
         ["--standalone"]
         if standalone
-        else ["--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{_free_port()}", "--nnodes=1"]
+        else ["--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--nnodes=1"]
     )
     env = {
         **os.environ,
