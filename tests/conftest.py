@@ -204,7 +204,8 @@ def run_two_ranks(target: Callable[[int, Path], None], folder: Path) -> list[int
     """Fork two ranks running `target(rank, folder)`; their exit codes (None: killed at timeout).
 
     Each rank writes its stdout to `folder/stdout{rank}.txt` and, if it raises, the traceback
-    to `folder/error{rank}.txt` (see `rank_errors`)."""
+    to `folder/error{rank}.txt` (see `rank_errors`). A rank that runs torch.compile sets
+    `torch._inductor.config.compile_threads = 1` first (test_compile_distributed.py says why)."""
     ctx = multiprocessing.get_context("fork")
     port = free_port()
     procs = [ctx.Process(target=_rank_child, args=(target, r, port, folder)) for r in range(2)]

@@ -30,14 +30,15 @@ class TrainBatchSizes(Callback):
 
 
 def _eager_then_compiled(rank_: int, folder: Path) -> None:
-    # The ranks are forked from the pytest process (run_two_ranks), which may have compiled
-    # already (test_compile.py runs first). With compile_threads > 1 inductor compiles its C++
-    # kernels on AsyncCompile.pool(), a ThreadPoolExecutor it creates once per process; torch's
-    # at-fork handler resets its process pools but not that one, so a forked rank inherits an
-    # executor whose threads did not survive the fork, and its first kernel waits forever (both
-    # ranks hang until run_two_ranks kills them). One compile thread compiles in the rank itself:
-    # fork stays usable, and starting the ranks costs milliseconds where spawn would re-import
-    # torch in each (~5 s here).
+    # The ranks are forked (run_two_ranks) from the pytest process, which has often compiled
+    # already (test_compile.py runs first). With compile_threads > 1 (the core count) inductor
+    # builds its C++ kernels on AsyncCompile.pool(), a ThreadPoolExecutor made once per process;
+    # torch's at-fork handler resets its process pools but not this one, so a forked rank gets
+    # an executor whose threads stayed in the parent, and its first kernel that misses the
+    # inductor cache waits forever: both ranks hang until run_two_ranks kills them (seen with
+    # a fresh TORCHINDUCTOR_CACHE_DIR). With one compile thread the rank compiles in itself (on
+    # this CPU build, without Triton, inductor starts no worker processes either). Fork stays
+    # usable: ranks start in milliseconds where spawn would re-import torch in each (~5 s).
     torch._inductor.config.compile_threads = 1
     eager = mlp_learner(False)
     eager.fit(EPOCHS)
