@@ -7,8 +7,8 @@ from functools import partial
 
 import pytest
 import torch
+from compile_helpers import GraphCount, compile_data, mlp_learner, weights
 from torch import nn
-from torch._dynamo.utils import counters
 
 from hookloop import (
     EMA,
@@ -23,41 +23,8 @@ from hookloop import (
     Learner,
     MixedPrecision,
     MixUp,
-    accuracy,
 )
 from hookloop.callbacks.compile import _fusable, _fused_step
-
-# 310 training samples in batches of 16: 20 steps an epoch, the last one of 6 samples;
-# validation in batches of 32 with a last one of 4.
-N_TRAIN, N_VALID, BS, VALID_BS = 310, 100, 16, 32
-
-
-def _data() -> DataLoaders:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(N_TRAIN + N_VALID, 8, generator=g)
-    y = (x[:, :3] + 0.5 * x[:, 3:6]).argmax(1)
-    return DataLoaders.from_tensors(
-        x[:N_TRAIN],
-        y[:N_TRAIN],
-        valid=(x[N_TRAIN:], y[N_TRAIN:]),
-        bs=BS,
-        valid_bs=VALID_BS,
-        shuffle=False,
-    )
-
-
-def _learner(compile: bool, cbs: list | None = None, **kwargs) -> Learner:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
-    learn = Learner(model, _data(), metrics=accuracy, cbs=cbs, device="cpu", compile=compile)
-    learn.logger = lambda *a: None
-    for k, v in kwargs.items():
-        setattr(learn, k, v)
-    return learn
-
-
-def _weights(learn: Learner) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in learn.model.state_dict().items()}
 
 
 class EventLog(Callback):
@@ -72,22 +39,6 @@ for _event in EVENTS:
         setattr(EventLog, _event, lambda self, e=_event: self.events.append(e))
 
 
-class GraphCount(Callback):
-    """torch's own counts of compiled graphs and compiled frames at the end of each epoch."""
-
-    @staticmethod
-    def now() -> tuple[int, int, int]:
-        frames = counters["frames"]
-        return counters["stats"]["unique_graphs"], frames["total"], frames["ok"]
-
-    def before_fit(self) -> None:
-        self.start = self.now()
-        self.per_epoch: list[tuple[int, int, int]] = []
-
-    def after_epoch(self) -> None:
-        self.per_epoch.append(self.now())
-
-
 # AdamW made with fused=False: Compile then compiles its step instead of using torch's fused
 # CPU kernel (what the default AdamW gets on the CPU).
 UNFUSED_ADAMW = partial(torch.optim.AdamW, fused=False)
@@ -96,7 +47,7 @@ UNFUSED_ADAMW = partial(torch.optim.AdamW, fused=False)
 def _one_cycle_run(compile: bool, **kwargs) -> tuple[Learner, EventLog, GraphCount]:
     # fit_one_cycle changes the learning rate and momentum at every step.
     log, count = EventLog(), GraphCount()
-    learn = _learner(compile, cbs=[log, count], **kwargs)
+    learn = mlp_learner(compile, cbs=[log, count], **kwargs)
     learn.fit_one_cycle(3, lr_max=1e-2)
     return learn, log, count
 
@@ -154,7 +105,7 @@ def test_the_default_adamw_steps_with_torchs_fused_kernel_once_per_batch(monkeyp
     calls = []
     fused = torch._fused_adamw_
     monkeypatch.setattr(torch, "_fused_adamw_", lambda *a, **k: calls.append(1) or fused(*a, **k))
-    learn = _learner(True)
+    learn = mlp_learner(True)
     learn.fit(1)
     assert len(calls) == 20  # 310 samples in batches of 16
 
@@ -191,23 +142,21 @@ def test_the_model_and_optimizer_are_left_uncompiled_after_the_fit(run, request)
     assert learn.model._compiled_call_impl is None
 
 
-def test_compiled_checkpoint_has_no_orig_mod_prefix_and_loads_into_an_eager_learner(
+def test_compiled_checkpoint_has_no_orig_mod_prefix_and_loads_into_an_eagermlp_learner(
     compiled_run, tmp_path
 ):
     learn = compiled_run[0]
     learn.path = tmp_path
     state = torch.load(learn.save("compiled"), weights_only=True)
     assert not any(k.startswith("_orig_mod.") for k in state["model"])
-    eager = _learner(False, path=tmp_path)
+    eager = mlp_learner(False, path=tmp_path)
     eager.load("compiled")
-    assert all(
-        torch.equal(a, b) for a, b in zip(_weights(eager).values(), _weights(learn).values())
-    )
+    assert all(torch.equal(a, b) for a, b in zip(weights(eager).values(), weights(learn).values()))
 
 
 def test_a_model_the_user_compiled_saves_without_orig_mod_prefix(tmp_path):
     model = torch.compile(nn.Linear(8, 3))
-    learn = Learner(model, _data(), device="cpu", path=tmp_path)
+    learn = Learner(model, compile_data(), device="cpu", path=tmp_path)
     state = torch.load(learn.save("m"), weights_only=True)
     assert sorted(state["model"]) == ["bias", "weight"]
     learn.load("m")
@@ -223,13 +172,13 @@ class CrashAtEpoch(Callback):
 
 
 def _crash_then_backup(compile: bool, folder) -> None:
-    learn = _learner(compile, cbs=[CrashAtEpoch(2)])
+    learn = mlp_learner(compile, cbs=[CrashAtEpoch(2)])
     with pytest.raises(RuntimeError, match="simulated crash"):
         learn.fit_one_cycle(3, lr_max=1e-2, cbs=BackupAndRestore(folder))
 
 
 def _resume(compile: bool, folder) -> Learner:
-    learn = _learner(compile)
+    learn = mlp_learner(compile)
     learn.fit_one_cycle(3, lr_max=1e-2, cbs=BackupAndRestore(folder))
     return learn
 
@@ -251,7 +200,7 @@ def test_compiled_run_resumed_compiled_is_bit_identical_to_the_uninterrupted_one
     resumed = _resume(True, folder)
     assert all(
         torch.equal(a, b)
-        for a, b in zip(_weights(resumed).values(), _weights(compiled_run[0]).values())
+        for a, b in zip(weights(resumed).values(), weights(compiled_run[0]).values())
     )
     assert resumed.recorder.losses == compiled_run[0].recorder.losses
 
@@ -262,9 +211,9 @@ def test_compiled_backup_resumes_eager_and_eager_backup_resumes_compiled(
     eager_resumed = _resume(False, compiled_backup)
     _crash_then_backup(False, tmp_path)
     compiled_resumed = _resume(True, tmp_path)
-    reference = _weights(eager_run[0])
+    reference = weights(eager_run[0])
     for learn in (eager_resumed, compiled_resumed):
-        for k, v in _weights(learn).items():
+        for k, v in weights(learn).items():
             torch.testing.assert_close(v, reference[k], rtol=1e-4, atol=1e-5)
 
 
@@ -281,9 +230,9 @@ def test_compiled_backup_resumes_eager_and_eager_backup_resumes_compiled(
 def test_each_supported_callback_trains_compiled_like_eager(make_cb):
     results = []
     for compile in (False, True):
-        learn = _learner(compile, cbs=[make_cb()])
+        learn = mlp_learner(compile, cbs=[make_cb()])
         learn.fit(2, lr=1e-2)
-        results.append((_weights(learn), learn.recorder.values))
+        results.append((weights(learn), learn.recorder.values))
     bf16 = "MixedPrecision" in type(make_cb()).__name__
     tol = {"rtol": 2e-2, "atol": 2e-2} if bf16 else {"rtol": 1e-4, "atol": 1e-5}
     for k, v in results[1][0].items():
@@ -296,8 +245,8 @@ def test_each_supported_callback_trains_compiled_like_eager(make_cb):
 def test_mixing_trains_compiled_like_eager_with_no_graph_after_the_first_epoch(make_cb):
     # The mixing weights change every batch; as floats in the loss they would be constants of
     # the graph. The 8 features as a 1x2x4 image, for CutMix's box.
-    def image_learner(compile: bool, cbs: list) -> Learner:
-        learn = _learner(compile, cbs=cbs)
+    def imagemlp_learner(compile: bool, cbs: list) -> Learner:
+        learn = mlp_learner(compile, cbs=cbs)
         learn.dls = DataLoaders(
             *[
                 [(x.view(-1, 1, 2, 4), y) for x, y in dl]
@@ -308,9 +257,9 @@ def test_mixing_trains_compiled_like_eager_with_no_graph_after_the_first_epoch(m
         return learn
 
     count = GraphCount()
-    compiled = image_learner(True, [make_cb(), count])
+    compiled = imagemlp_learner(True, [make_cb(), count])
     compiled.fit(3)
-    eager = image_learner(False, [make_cb()])
+    eager = imagemlp_learner(False, [make_cb()])
     eager.fit(3)
     assert compiled.recorder.raw_losses == pytest.approx(eager.recorder.raw_losses, rel=1e-5)
     assert count.per_epoch[2] == count.per_epoch[1] == count.per_epoch[0]
@@ -329,15 +278,15 @@ class DoubleLoss(Callback):
 
 
 def test_a_callback_changing_pred_or_loss_works_compiled():
-    learn = _learner(True, cbs=[ZeroPred()])
+    learn = mlp_learner(True, cbs=[ZeroPred()])
     learn.fit(1)
     # The loss of all-zero logits over 3 classes is log(3), whatever the weights.
     assert learn.compiler.regions["forward"] == "forward"
     assert learn.recorder.losses[-1] == pytest.approx(math.log(3), rel=1e-6)
-    learn = _learner(True, cbs=[DoubleLoss()])
+    learn = mlp_learner(True, cbs=[DoubleLoss()])
     learn.fit(1)
     assert learn.compiler.regions["forward"] == "forward+loss"
-    eager = _learner(False, cbs=[DoubleLoss()])
+    eager = mlp_learner(False, cbs=[DoubleLoss()])
     eager.fit(1)
     assert learn.recorder.losses == pytest.approx(eager.recorder.losses, rel=1e-5)
 
@@ -347,7 +296,7 @@ class NeedsEagerStep(Callback):
 
 
 def test_a_callback_that_cannot_run_compiled_keeps_its_region_eager_with_one_warning():
-    learn = _learner(True, cbs=[NeedsEagerStep()])
+    learn = mlp_learner(True, cbs=[NeedsEagerStep()])
     with pytest.warns(UserWarning, match="optimizer step run eagerly.*NeedsEagerStep") as w:
         learn.fit(1)
     assert len([x for x in w if "Compile" in str(x.message)]) == 1
@@ -355,12 +304,12 @@ def test_a_callback_that_cannot_run_compiled_keeps_its_region_eager_with_one_war
 
 
 def test_learn_compile_adds_one_compile_callback_and_rejects_unknown_arguments():
-    learn = _learner(False)
+    learn = mlp_learner(False)
     learn.compile(mode="default")
     learn.compile(dynamic=None)
     assert [type(cb) for cb in learn.cbs].count(Compile) == 1
     assert isinstance(learn.compiler, Compile)
-    assert isinstance(_learner(True).compiler, Compile)
+    assert isinstance(mlp_learner(True).compiler, Compile)
     with pytest.raises(ValueError, match="unknown torch.compile argument.*'modes'"):
         Compile(modes="default")
 
@@ -371,7 +320,7 @@ def test_reduce_overhead_mode_trains_on_cuda_like_eager():
     for compile in (False, {"mode": "reduce-overhead"}):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
-        learn = Learner(model, _data(), device="cuda", compile=compile)
+        learn = Learner(model, compile_data(), device="cuda", compile=compile)
         learn.logger = lambda *a: None
         learn.fit(2, lr=1e-2)
         results.append(learn.recorder.losses)

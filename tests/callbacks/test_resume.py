@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from conftest import Crash, CrashAt, tiny_learner
+from ddp_helpers import rank_errors, run_two_ranks
 from hookloop import BackupAndRestore, Callback, DataLoaders, Learner, ResumableSampler
 from hookloop.checkpoint import list_checkpoints, safe_load
 
@@ -488,37 +489,9 @@ def _ddp_resume_scenario(rank_: int, folder: Path) -> None:
     (folder / f"result{rank_}.json").write_text(json.dumps(result))
 
 
-def _ddp_child(rank_: int, port: int, folder: Path) -> None:
-    import os
-    import traceback
-
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank_), WORLD_SIZE="2"
-    )
-    torch.set_num_threads(1)
-    try:
-        _ddp_resume_scenario(rank_, folder)
-    except BaseException:
-        (folder / f"error{rank_}.txt").write_text(traceback.format_exc())
-        os._exit(1)
-    os._exit(0)
-
-
 def test_resume_under_two_ranks_restores_each_ranks_random_state(tmp_path):
-    import multiprocessing
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_ddp_child, args=(r, port, tmp_path)) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    errors = "".join(f.read_text() for f in tmp_path.glob("error*.txt"))
-    assert [p.exitcode for p in procs] == [0, 0], errors
+    codes = run_two_ranks(_ddp_resume_scenario, tmp_path)
+    assert codes == [0, 0], "\n".join(rank_errors(tmp_path))
     for r in range(2):
         result = json.loads((tmp_path / f"result{r}.json").read_text())
         # 4 batches of 4 per rank and epoch: the backup after batch 3, then batch 6 crashes.
