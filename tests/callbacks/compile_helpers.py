@@ -25,7 +25,7 @@ def compile_data() -> DataLoaders:
     return DataLoaders(train.train, valid.train)
 
 
-def mlp_learner(compile: bool, cbs: list | None = None, **attrs: Any) -> Learner:
+def mlp_learner(compile: bool | dict, cbs: list | None = None, **attrs: Any) -> Learner:
     """An 8-16-3 MLP (seed 0) on `compile_data()` on the CPU; `attrs` are set on the learner."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))

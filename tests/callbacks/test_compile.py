@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import pytest
 import torch
@@ -24,7 +23,7 @@ from hookloop import (
     MixedPrecision,
     MixUp,
 )
-from hookloop.callbacks.compile import _fusable, _fused_step
+from hookloop.callbacks.compile import _fusable, _fused_step, _step_kind
 
 
 class EventLog(Callback):
@@ -39,12 +38,12 @@ for _event in EVENTS:
         setattr(EventLog, _event, lambda self, e=_event: self.events.append(e))
 
 
-# AdamW made with fused=False: Compile then compiles its step instead of using torch's fused
-# CPU kernel (what the default AdamW gets on the CPU).
-UNFUSED_ADAMW = partial(torch.optim.AdamW, fused=False)
+# The 8-16-3 MLP has 195 parameter elements: Compile() compiles its step (torch's fused kernel
+# is slower below FUSED_MIN_ELEMENTS); step="fused" makes it take the fused kernel.
+FUSED = {"step": "fused"}
 
 
-def _one_cycle_run(compile: bool, **kwargs) -> tuple[Learner, EventLog, GraphCount]:
+def _one_cycle_run(compile: bool | dict, **kwargs) -> tuple[Learner, EventLog, GraphCount]:
     # fit_one_cycle changes the learning rate and momentum at every step.
     log, count = EventLog(), GraphCount()
     learn = mlp_learner(compile, cbs=[log, count], **kwargs)
@@ -63,20 +62,38 @@ def compiled_run():
 
 
 @pytest.fixture(scope="module")
-def compiled_step_run():
-    return _one_cycle_run(True, opt_func=UNFUSED_ADAMW)
+def fused_run():
+    return _one_cycle_run(FUSED)
 
 
-def test_compiled_fit_fires_the_same_events_in_the_same_order_as_eager(eager_run, compiled_run):
-    assert compiled_run[1].events == eager_run[1].events
-    assert compiled_run[0].compiler.regions == {"forward": "forward+loss", "step": "fused"}
+@pytest.mark.parametrize("run, step", [("compiled_run", "compiled"), ("fused_run", "fused")])
+def test_compiled_fit_fires_the_same_events_in_the_same_order_as_eager(
+    eager_run, run, step, request
+):
+    learn, log, _ = request.getfixturevalue(run)
+    assert log.events == eager_run[1].events
+    assert learn.compiler.regions == {"forward": "forward+loss", "step": step}
 
 
-def test_an_optimizer_made_with_fused_false_gets_the_compiled_step(compiled_step_run):
-    assert compiled_step_run[0].compiler.regions == {"forward": "forward+loss", "step": "compiled"}
+def test_the_step_is_fused_from_32768_parameter_elements_and_never_for_fused_false():
+    small = torch.optim.AdamW(nn.Linear(8, 3).parameters())
+    large = torch.optim.AdamW(nn.Linear(256, 128).parameters())  # 256 * 128 + 128 = 32896
+    unfused = torch.optim.AdamW(nn.Linear(256, 128).parameters(), fused=False)
+    rmsprop = torch.optim.RMSprop(nn.Linear(256, 128).parameters())
+    assert [_step_kind(o, True) for o in (small, large, unfused, rmsprop)] == [
+        "compiled",
+        "fused",
+        "compiled",
+        "compiled",
+    ]
+    assert _step_kind(small, "fused") == "fused" and _step_kind(large, "compiled") == "compiled"
+    with pytest.raises(ValueError, match="step='fused'.*got RMSprop"):
+        _step_kind(rmsprop, "fused")
+    with pytest.raises(ValueError, match="step must be True.*got 'fast'"):
+        Compile(step="fast")
 
 
-@pytest.mark.parametrize("run", ["compiled_run", "compiled_step_run"])
+@pytest.mark.parametrize("run", ["compiled_run", "fused_run"])
 def test_compiled_losses_match_eager_within_1e5_over_the_first_20_steps(eager_run, run, request):
     compiled_run = request.getfixturevalue(run)
     eager, compiled = eager_run[0].recorder.losses[:20], compiled_run[0].recorder.losses[:20]
@@ -87,7 +104,7 @@ def test_compiled_losses_match_eager_within_1e5_over_the_first_20_steps(eager_ru
 
 # Graphs compiled in the first epoch: forward+loss for training and for validation, and the
 # optimizer step when it is compiled (not when torch's fused kernel takes it).
-@pytest.mark.parametrize("run, graphs", [("compiled_run", 2), ("compiled_step_run", 3)])
+@pytest.mark.parametrize("run, graphs", [("compiled_run", 3), ("fused_run", 2)])
 def test_no_recompilation_after_the_first_epoch_with_short_batches_validation_and_schedules(
     run, graphs, request
 ):
@@ -101,11 +118,11 @@ def test_no_recompilation_after_the_first_epoch_with_short_batches_validation_an
     assert new_graphs == graphs
 
 
-def test_the_default_adamw_steps_with_torchs_fused_kernel_once_per_batch(monkeypatch):
+def test_the_fused_step_calls_torchs_fused_kernel_once_per_batch(monkeypatch):
     calls = []
     fused = torch._fused_adamw_
     monkeypatch.setattr(torch, "_fused_adamw_", lambda *a, **k: calls.append(1) or fused(*a, **k))
-    learn = mlp_learner(True)
+    learn = mlp_learner(FUSED)
     learn.fit(1)
     assert len(calls) == 20  # 310 samples in batches of 16
 
@@ -128,13 +145,13 @@ def test_sgd_takes_the_fused_kernel_but_not_with_sparse_gradients():
     assert all(torch.equal(a, b) for a, b in zip(*results))
 
 
-def test_the_fused_step_leaves_the_optimizer_as_the_user_made_it(compiled_run):
+def test_the_fused_step_leaves_the_optimizer_as_the_user_made_it(fused_run):
     # fused=True is set for each step only: the state dict an eager run loads says None.
-    groups = compiled_run[0].opt.state_dict()["param_groups"]
+    groups = fused_run[0].opt.state_dict()["param_groups"]
     assert [(g["fused"], g["foreach"]) for g in groups] == [(None, None)] * len(groups)
 
 
-@pytest.mark.parametrize("run", ["compiled_run", "compiled_step_run"])
+@pytest.mark.parametrize("run", ["compiled_run", "fused_run"])
 def test_the_model_and_optimizer_are_left_uncompiled_after_the_fit(run, request):
     learn = request.getfixturevalue(run)[0]
     assert learn.forward_loss_fn is None
@@ -171,13 +188,13 @@ class CrashAtEpoch(Callback):
             raise RuntimeError("simulated crash")
 
 
-def _crash_then_backup(compile: bool, folder) -> None:
+def _crash_then_backup(compile: bool | dict, folder) -> None:
     learn = mlp_learner(compile, cbs=[CrashAtEpoch(2)])
     with pytest.raises(RuntimeError, match="simulated crash"):
         learn.fit_one_cycle(3, lr_max=1e-2, cbs=BackupAndRestore(folder))
 
 
-def _resume(compile: bool, folder) -> Learner:
+def _resume(compile: bool | dict, folder) -> Learner:
     learn = mlp_learner(compile)
     learn.fit_one_cycle(3, lr_max=1e-2, cbs=BackupAndRestore(folder))
     return learn
@@ -203,6 +220,16 @@ def test_compiled_run_resumed_compiled_is_bit_identical_to_the_uninterrupted_one
         for a, b in zip(weights(resumed).values(), weights(compiled_run[0]).values())
     )
     assert resumed.recorder.losses == compiled_run[0].recorder.losses
+
+
+def test_a_fused_step_run_resumed_is_bit_identical_to_the_uninterrupted_one(fused_run, tmp_path):
+    # The resume replaces the optimizer's param groups: the fused step must read the new ones.
+    _crash_then_backup(FUSED, tmp_path)
+    resumed = _resume(FUSED, tmp_path)
+    assert resumed.compiler.regions["step"] == "fused"
+    assert all(
+        torch.equal(a, b) for a, b in zip(weights(resumed).values(), weights(fused_run[0]).values())
+    )
 
 
 def test_compiled_backup_resumes_eager_and_eager_backup_resumes_compiled(
@@ -264,7 +291,8 @@ def test_mixing_trains_compiled_like_eager_with_no_graph_after_the_first_epoch(m
     assert compiled.recorder.raw_losses == pytest.approx(eager.recorder.raw_losses, rel=1e-5)
     assert count.per_epoch[2] == count.per_epoch[1] == count.per_epoch[0]
     graphs, total, ok = (a - b for a, b in zip(count.per_epoch[0], count.start))
-    assert (graphs, ok) == (2, total)  # training and validation forward+loss, none given up
+    # Training and validation forward+loss, and the optimizer step; none given up.
+    assert (graphs, ok) == (3, total)
 
 
 class ZeroPred(Callback):

@@ -125,6 +125,34 @@ def _fusable(opt: Any) -> bool:
     return True
 
 
+# Below this many parameter elements the compiled step is faster: its guards cost less than
+# the eager `Optimizer.step` machinery around the fused kernel. Measured in the loop (AdamW, one
+# thread, us per training step, fused / compiled): 1.4K elements 418 / 385; 26K 628 / 624;
+# 85K 971 / 1042; 301K 2286 / 2743; 1.1M (benchmarks/compile.py) about 0.6 / 1.8 ms per step.
+FUSED_MIN_ELEMENTS = 1 << 15
+
+_STEP_CHOICES = (True, False, "fused", "compiled")
+
+
+def _step_kind(opt: Any, step: bool | str) -> str:
+    """How `Compile(step=...)` runs this optimizer's step: "fused", "compiled" or "eager"."""
+    if step is False:
+        return "eager"
+    if step == "compiled":
+        return "compiled"
+    fusable = _fusable(opt)
+    if step == "fused":
+        if not fusable:
+            raise ValueError(
+                f"Compile(step='fused'): torch's fused CPU kernel takes an Adam, AdamW or SGD "
+                f"with floating-point parameters on the CPU, not differentiable, capturable or "
+                f"made with fused=False; got {type(opt).__name__} (use step=True or 'compiled')"
+            )
+        return "fused"
+    n = sum(p.numel() for g in opt.param_groups for p in g["params"]) if fusable else 0
+    return "fused" if n >= FUSED_MIN_ELEMENTS else "compiled"
+
+
 def _fused_step(opt: torch.optim.Optimizer) -> Any:
     """`opt.step` with `fused=True` for the call only: state dicts and the optimizer outside the
     fit stay as the user made them (the state tensors are the same either way)."""
@@ -174,11 +202,12 @@ class Compile(Callback):
       is a `loss_func`: the loop calls it through `learn.forward_loss_fn`. Otherwise the model
       alone is compiled in place (the module inside DDP, so each rank compiles its own) and the
       loss runs eagerly, so a callback that changes `learn.pred` still decides the loss;
-    - the optimizer step: for Adam, AdamW and SGD on the CPU torch's fused kernel (`fused=True`
-      for the fit's steps only: 3x faster here than the compiled step), otherwise torch's
-      compiled-optimizer recipe (`opt.step()` inside `torch.compile`, the learning rate and betas
-      as tensors, so a schedule changing them does not recompile). An optimizer made with
-      `fused=False` gets the compiled step.
+    - the optimizer step: torch's compiled-optimizer recipe (`opt.step()` inside
+      `torch.compile`, the learning rate and betas as tensors, so a schedule changing them does
+      not recompile), or for an Adam, AdamW or SGD on the CPU with at least FUSED_MIN_ELEMENTS
+      (32768) parameter elements torch's fused kernel (`fused=True` for the fit's steps only:
+      3x faster than the compiled step on large models, slower on small ones). An optimizer made
+      with `fused=False` gets the compiled step.
     Every event still fires, in order, between the compiled regions (a callback changing
     `learn.loss` in `after_loss` works as without Compile). The graphs are kept across fits and
     the model and optimizer are left as they were after each fit (`validate()` and `get_preds()`
@@ -198,7 +227,8 @@ class Compile(Callback):
         learn.fit(3)
 
     Args:
-        step: also compile the optimizer step.
+        step: True: the optimizer step as the faster of torch's fused kernel and the compiled
+            step (see above); "fused" or "compiled" to choose; False: leave it eager.
         **torch_compile_kwargs: passed to `torch.compile` (`mode`, `dynamic`, `fullgraph`,
             `backend`, `options`, ...).
 
@@ -210,15 +240,18 @@ class Compile(Callback):
 
     order = 90  # before_fit after the DistributedTrainer (-20) has wrapped the model
 
-    def __init__(self, step: bool = True, **torch_compile_kwargs: Any) -> None:
+    def __init__(self, step: bool | str = True, **torch_compile_kwargs: Any) -> None:
         unknown = sorted(set(torch_compile_kwargs) - set(_COMPILE_ARGS))
         if unknown:
             raise ValueError(
                 f"Compile: unknown torch.compile argument(s) {unknown}; torch.compile takes "
                 f"{list(_COMPILE_ARGS)}"
             )
-        if not isinstance(step, bool):
-            raise TypeError(f"step must be True or False, got {step!r}")
+        if not any(step is c or (isinstance(c, str) and step == c) for c in _STEP_CHOICES):
+            raise ValueError(
+                f"Compile: step must be True (torch's fused kernel or the compiled step, "
+                f"whichever is faster), 'fused', 'compiled' or False, got {step!r}"
+            )
         self.compile_step = step
         self._name = "compiler"  # `learn.compile` is the method that adds this callback
         self.compile_kwargs = {**_ISOLATE, **torch_compile_kwargs}
@@ -281,10 +314,11 @@ class Compile(Callback):
         learn = self.learn
         eager = _eager_requests(learn.cbs)
         opt = learn.opt
-        if self.compile_step and "step" not in eager and not isinstance(opt, torch.optim.Optimizer):
+        compile_step = self.compile_step is not False
+        if compile_step and "step" not in eager and not isinstance(opt, torch.optim.Optimizer):
             eager["step"] = [f"the optimizer {type(opt).__name__} (not a torch.optim.Optimizer)"]
         for region, who in eager.items():
-            if region == "step" and not self.compile_step:
+            if region == "step" and not compile_step:
                 continue
             warnings.warn(
                 f"Compile: {REGIONS[region]} run eagerly in this fit: {', '.join(who)} cannot "
@@ -294,14 +328,11 @@ class Compile(Callback):
         self.regions = {"forward": "eager", "step": "eager"}
         if "forward" not in eager:
             self._install_forward()
-        if self.compile_step and "step" not in eager:
+        if self.compile_step is not False and "step" not in eager:
+            kind = _step_kind(opt, self.compile_step)
             self._opt, self._opt_step = opt, opt.__dict__.get("step")
-            if _fusable(opt):
-                opt.step = _fused_step(opt)
-                self.regions["step"] = "fused"
-            else:
-                opt.step = self._compiled_step(opt)
-                self.regions["step"] = "compiled"
+            opt.step = _fused_step(opt) if kind == "fused" else self._compiled_step(opt)
+            self.regions["step"] = kind
 
     def _install_forward(self) -> None:
         learn = self.learn
@@ -345,7 +376,7 @@ class Compile(Callback):
         self._restore()
 
 
-def compile_learner(self: Learner, step: bool = True, **torch_compile_kwargs: Any) -> Learner:
+def compile_learner(self: Learner, step: bool | str = True, **torch_compile_kwargs: Any) -> Learner:
     """Train with `torch.compile` (adds a `Compile` callback, replacing any)."""
     self.remove_cb(Compile)
     return self.add_cb(Compile(step=step, **torch_compile_kwargs))
