@@ -127,7 +127,20 @@ def test_the_fused_step_calls_torchs_fused_kernel_once_per_batch(monkeypatch):
     assert len(calls) == 20  # 310 samples in batches of 16
 
 
-def test_sgd_takes_the_fused_kernel_but_not_with_sparse_gradients():
+def test_sgd_takes_the_fused_kernel_with_dense_gradients(monkeypatch):
+    calls = []
+    fused = torch._fused_sgd_
+    monkeypatch.setattr(torch, "_fused_sgd_", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    lin = nn.Linear(4, 1)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1, momentum=0.9)
+    step = _fused_step(opt)
+    for _ in range(3):
+        lin(torch.ones(2, 4)).sum().backward()
+        step()
+    assert len(calls) == 3
+
+
+def test_sgd_steps_eagerly_with_sparse_gradients_with_the_same_result():
     emb = nn.Embedding(10, 4, sparse=True)
     lin = nn.Linear(4, 1)
     results = []

@@ -157,14 +157,19 @@ def _fused_step(opt: torch.optim.Optimizer) -> Any:
     """`opt.step` with `fused=True` for the call only: state dicts and the optimizer outside the
     fit stay as the user made them (the state tensors are the same either way)."""
     eager = opt.step
-    sparse_possible = type(opt) is torch.optim.SGD  # fused SGD has no sparse gradients
+    # Fused SGD takes no sparse gradients (nn.Embedding(sparse=True)): looked at in the first
+    # step only, since a parameter's gradients are sparse at every step or at none.
+    sparse: list[bool] = [] if type(opt) is torch.optim.SGD else [False]
 
     def step(closure: Any = None) -> Any:
         # Read at each step: load_state_dict (a resume) replaces the list of groups.
         groups = opt.param_groups
-        if sparse_possible and any(
-            p.grad is not None and p.grad.is_sparse for g in groups for p in g["params"]
-        ):
+        if not sparse:
+            grads = [p.grad for g in groups for p in g["params"] if p.grad is not None]
+            if not grads:  # gradients made by a closure: this step stays torch's own
+                return eager(closure)
+            sparse.append(any(grad.is_sparse for grad in grads))
+        if sparse[0]:
             return eager(closure)
         saved = [(g.get("fused"), g.get("foreach")) for g in groups]
         for g in groups:
