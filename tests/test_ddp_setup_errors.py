@@ -7,7 +7,9 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import tiny_learner
+import pytest
+
+from conftest import Crash, CrashAt, tiny_learner
 from ddp_helpers import rank_errors, run_two_ranks
 from hookloop import BackupAndRestore, Callback, CSVLogger, Learner
 from hookloop.distributed import init_distributed, rank
@@ -137,3 +139,18 @@ def test_a_fit_that_sets_up_alike_on_every_rank_trains_on_both(tmp_path):
         [0, 1],
         [0, 1],
     ]
+
+
+def test_a_rank_zero_only_failure_is_met_before_a_resume_gathers_the_newest_backup(tmp_path):
+    # fit(resume=folder) has no folder check: the other rank's first collective after
+    # before_fit's failure on rank 0 is the resume's choice of a backup, which must not take
+    # rank 0's error for a checkpoint name.
+    folder = tmp_path / "b"
+
+    def fits(r: int) -> None:
+        with pytest.raises(Crash):
+            _learner([BackupAndRestore(folder), CrashAt(3)]).fit(2)
+        _learner([FailInBeforeFit((0,), rank_zero_only=True)]).fit(2, resume=folder)
+
+    rank0, rank1 = _errors_of_two_ranks(tmp_path / "ranks", fits)
+    assert rank0 == rank1 == ["ValueError", "setup failed on rank 0"]
