@@ -67,8 +67,10 @@ class DistributedTrainer(Callback):
     `learn.distrib_ctx()`) to pass options. For the fit, `learn.model` is the DDP wrapper during
     training and the user's module during validation, `learn.dls` holds this rank's shards, and
     the Recorder averages each epoch's losses and metrics over the ranks, weighted by sample
-    counts, so every rank records the same values. Outside a process group of two or more
-    processes it does nothing.
+    counts, so every rank records the same values. A failure in `before_fit` on any rank (a
+    rank-0-only callback's check of its file) is raised on every rank, at the first event
+    after `before_fit`, as the same error. Outside a process group of two or more processes it
+    does nothing.
 
     Example:
         learn.fit(3, cbs=DistributedTrainer(find_unused_parameters=True))
