@@ -133,7 +133,43 @@ def _rebuild(failure: _Failure, src: int) -> Exception:
         f"raised on rank {src}; this rank raises it too, instead of waiting for rank {src} in "
         f"a collective until the timeout"
     )
+    setattr(error, _SHARED, True)
     return error
+
+
+# Set on an error that went through an exchange (sent, or rebuilt from another rank's): every
+# rank took part in that exchange and raises, so a rank that exchanged again for the same error
+# would wait alone in it until the timeout.
+_SHARED = "_hookloop_shared"
+
+
+def was_shared(error: BaseException) -> bool:
+    """True when `error` already went through an exchange of `fail_together`'s protocol."""
+    return bool(getattr(error, _SHARED, False))
+
+
+def send_failure(error: Exception) -> None:
+    """This rank's half of an exchange in which it failed: the other ranks, in their
+    `raise_shared_failure` or `fail_together` at any call site, raise `error` rebuilt.
+    Outside a group of two or more it does nothing."""
+    if not _active():
+        return
+    setattr(error, _SHARED, True)
+    try:
+        all_gather_object(_describe(error))
+    except Exception as lost:  # the group is gone too: the step's error is the one to see
+        error.add_note(f"the other ranks could not be told of this error: {lost}")
+
+
+def raise_shared_failure() -> None:
+    """This rank's half of an exchange in which it did not fail: raises the error of the first
+    rank that sent one (`send_failure`), rebuilt; returns when none did. Outside a group of two
+    or more it does nothing."""
+    if not _active():
+        return
+    for src, failure in enumerate(all_gather_object(None)):
+        if failure is not None:
+            raise _rebuild(failure, src)
 
 
 @contextlib.contextmanager
@@ -141,12 +177,15 @@ def fail_together() -> Iterator[None]:
     """Run a step that may fail on some ranks only (a check only rank 0 makes); when it fails
     on any rank, it fails on every rank, at once and with the same error.
 
-    Every rank must enter it at the same point. On leaving, the ranks exchange their outcomes
-    (one `all_gather_object`): a rank whose step raised re-raises its own error, with its
-    traceback; the others raise the error of the first rank that failed, rebuilt with the same
-    type and message and a note naming that rank. Without it the other ranks would go on to
-    the next collective and wait there for the failed rank until the group's timeout (10
-    minutes by default), then fail with a transport error that does not say what went wrong.
+    Every rank must make the same exchanges in the same order, though not from the same line:
+    during a fit's set-up, this exchange may meet the DistributedTrainer's (`send_failure`,
+    `raise_shared_failure`) on a rank that failed elsewhere. On leaving, the ranks exchange
+    their outcomes (one `all_gather_object`): a rank whose step raised re-raises its own
+    error, with its traceback; the others raise the error of the first rank that failed,
+    rebuilt with the same type and message and a note naming that rank. Without it the other
+    ranks would go on to the next collective and wait there for the failed rank until the
+    group's timeout (10 minutes by default), then fail with a transport error that does not
+    say what went wrong.
     KeyboardInterrupt and SystemExit are not shared: they stop this process at once. Outside a
     group of two or more it only runs the step.
 
@@ -161,14 +200,11 @@ def fail_together() -> Iterator[None]:
     try:
         yield
     except Exception as error:
-        try:
-            all_gather_object(_describe(error))
-        except Exception as lost:  # the group is gone too: the step's error is the one to see
-            error.add_note(f"the other ranks could not be told of this error: {lost}")
+        # An error shared inside the step (a nested exchange) was raised on every rank there.
+        if not was_shared(error):
+            send_failure(error)
         raise
-    for src, failure in enumerate(all_gather_object(None)):
-        if failure is not None:
-            raise _rebuild(failure, src)
+    raise_shared_failure()
 
 
 __all__ = [
@@ -180,4 +216,7 @@ __all__ = [
     "all_gather_object",
     "gather_object",
     "fail_together",
+    "send_failure",
+    "raise_shared_failure",
+    "was_shared",
 ]

@@ -34,7 +34,10 @@ from .collectives import (
     broadcast_object,
     fail_together,
     gather_object,
+    raise_shared_failure,
     reduce_weighted,
+    send_failure,
+    was_shared,
 )
 from .learner import FIT_EXTENSIONS, Learner
 from .process_group import DEFAULT_TIMEOUT, _as_timeout, destroy_distributed, init_distributed
@@ -64,8 +67,10 @@ class DistributedTrainer(Callback):
     `learn.distrib_ctx()`) to pass options. For the fit, `learn.model` is the DDP wrapper during
     training and the user's module during validation, `learn.dls` holds this rank's shards, and
     the Recorder averages each epoch's losses and metrics over the ranks, weighted by sample
-    counts, so every rank records the same values. Outside a process group of two or more
-    processes it does nothing.
+    counts, so every rank records the same values. A failure in `before_fit` on any rank (a
+    rank-0-only callback's check of its file) is raised on every rank, at the first event
+    after `before_fit`, as the same error. Outside a process group of two or more processes it
+    does nothing.
 
     Example:
         learn.fit(3, cbs=DistributedTrainer(find_unused_parameters=True))
@@ -104,6 +109,9 @@ class DistributedTrainer(Callback):
         self._saved: tuple | None = None  # (model, dls) to put back after the fit
         self._ddp: nn.Module | None = None
         self._module: nn.Module | None = None
+        # Between the end of our before_fit and the first event after before_fit: a failure
+        # there may be one rank's alone (a rank-0-only callback's check).
+        self._setup_open = False
 
     def before_fit(self) -> None:
         init_distributed(self.backend, self.timeout)
@@ -142,6 +150,20 @@ class DistributedTrainer(Callback):
         recorder = learn.find_cb("recorder")
         if recorder is not None:
             recorder.reduce_fn = reduce_weighted
+        # Opened after our own collectives: an exchange must not meet DDP's or the seed's.
+        self._setup_open = True
+
+    def before_epoch(self) -> None:
+        if self._setup_open:
+            self._close_setup()
+
+    def _close_setup(self) -> None:
+        # Every rank that got through before_fit tells "no failure", and raises the error of a
+        # rank that failed (in its after_exception, or in a fail_together at another call site)
+        # instead of training on and waiting for it in the first gradient all-reduce until the
+        # timeout. Once per fit: the batches pay nothing for it.
+        self._setup_open = False
+        raise_shared_failure()
 
     def before_train(self) -> None:
         if self._ddp is not None:
@@ -154,9 +176,19 @@ class DistributedTrainer(Callback):
             self.learn.model = self._module
 
     def after_fit(self) -> None:
+        if self._setup_open:  # a fit with no epoch to run (a resumed, complete run)
+            self._close_setup()
         self._restore()
 
     def after_exception(self) -> None:
+        error = self.learn.exception
+        if self._setup_open:
+            self._setup_open = False
+            # Shared already: every rank raised it from the same exchange, and a second one
+            # would wait alone. KeyboardInterrupt and SystemExit stop this process only, as in
+            # fail_together.
+            if isinstance(error, Exception) and not was_shared(error):
+                send_failure(error)
         self._restore()
 
     def _restore(self) -> None:

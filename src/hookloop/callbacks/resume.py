@@ -23,7 +23,7 @@ from ..checkpoint_format import (
     remove_stale_temporaries,
     stale_temporaries,
 )
-from ..collectives import fail_together
+from ..collectives import fail_together, raise_shared_failure
 from ..data import is_stateful_loader
 from ..learner import FIT_EXTENSIONS
 from ..training_state import ANY_RUN, Checkpoint, position_target, save_checkpoint
@@ -159,6 +159,10 @@ class _Restore(Callback):
             # One checkpoint named explicitly: a broken one is an error, not a fallback.
             ckpt = Checkpoint.read(source, map_location=learn.device)
         else:
+            # Checkpoint.newest gathers from every rank. A callback that runs on rank 0 alone
+            # may have failed before this one: its error, sent from rank 0's after_exception,
+            # must be met here by an exchange, which the gather would not match.
+            raise_shared_failure()
             ckpt = Checkpoint.newest(source, map_location=learn.device)
         if ckpt is None:
             if explicit is None:
