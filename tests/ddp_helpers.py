@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import socket
@@ -72,3 +73,27 @@ def rank_errors(folder: Path) -> list[str]:
         (folder / f"error{r}.txt").read_text() if (folder / f"error{r}.txt").exists() else ""
         for r in range(2)
     ]
+
+
+# A rank left waiting in a collective fails after this timeout with a gloo error instead of the
+# error it should share: a regression fails in seconds, not after the 10-minute default.
+COLLECTIVE_TIMEOUT = 5
+
+
+def errors_of_two_ranks(out: Path, fit: Callable[[int], object]) -> list[list[str]]:
+    """Each rank's error, [type name, message], from `fit(rank)` run by two ranks with a
+    COLLECTIVE_TIMEOUT-second group (both must fail); their tracebacks are left in `out`."""
+    from hookloop.distributed import init_distributed
+
+    def run(rank_: int, folder: Path) -> None:
+        init_distributed(timeout=COLLECTIVE_TIMEOUT)
+        try:
+            fit(rank_)
+        except Exception as e:
+            (folder / f"raised{rank_}.json").write_text(json.dumps([type(e).__name__, str(e)]))
+            raise
+
+    out.mkdir()
+    codes = run_two_ranks(run, out)
+    assert codes == [1, 1], "\n".join(rank_errors(out))
+    return [json.loads((out / f"raised{r}.json").read_text()) for r in range(2)]

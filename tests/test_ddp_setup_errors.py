@@ -4,42 +4,19 @@ error on every rank, at once: two real gloo ranks on 127.0.0.1."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from conftest import Crash, CrashAt, tiny_learner
-from ddp_helpers import rank_errors, run_two_ranks
+from ddp_helpers import COLLECTIVE_TIMEOUT, errors_of_two_ranks, rank_errors, run_two_ranks
 from hookloop import BackupAndRestore, Callback, CSVLogger, Learner
 from hookloop.distributed import init_distributed, rank
-
-# A rank left waiting in a collective fails after this timeout with a gloo error instead of the
-# shared one: a regression fails in seconds, not after the 10-minute default.
-COLLECTIVE_TIMEOUT = 5
 
 
 def _learner(cbs: list) -> Learner:
     # 8 training samples in batches of 2: each rank has 2 batches an epoch.
     return tiny_learner(cbs=cbs, n_train=8, bs=2)
-
-
-def _errors_of_two_ranks(out: Path, fit: Callable[[int], object]) -> list[list[str]]:
-    """Each rank's error, [type name, message], from `fit(rank)` run by two ranks (both must
-    fail); their tracebacks are left in `out`."""
-
-    def run(rank_: int, folder: Path) -> None:
-        init_distributed(timeout=COLLECTIVE_TIMEOUT)
-        try:
-            fit(rank_)
-        except Exception as e:
-            (folder / f"raised{rank_}.json").write_text(json.dumps([type(e).__name__, str(e)]))
-            raise
-
-    out.mkdir()
-    codes = run_two_ranks(run, out)
-    assert codes == [1, 1], "\n".join(rank_errors(out))
-    return [json.loads((out / f"raised{r}.json").read_text()) for r in range(2)]
 
 
 class FailInBeforeFit(Callback):
@@ -57,7 +34,7 @@ def test_a_csv_log_path_under_a_file_is_the_same_error_on_every_rank(tmp_path):
     a_file = tmp_path / "a_file"
     a_file.write_text("mine")
     log = a_file / "log.csv"
-    rank0, rank1 = _errors_of_two_ranks(
+    rank0, rank1 = errors_of_two_ranks(
         tmp_path / "ranks", lambda r: _learner([CSVLogger(log)]).fit(2)
     )
     assert rank0 == rank1
@@ -72,7 +49,7 @@ def test_the_other_rank_says_which_rank_raised_the_shared_error(tmp_path):
     a_file = tmp_path / "a_file"
     a_file.write_text("mine")
     out = tmp_path / "ranks"
-    _errors_of_two_ranks(out, lambda r: _learner([CSVLogger(a_file / "log.csv")]).fit(2))
+    errors_of_two_ranks(out, lambda r: _learner([CSVLogger(a_file / "log.csv")]).fit(2))
     traceback0, traceback1 = rank_errors(out)
     assert "raised on rank 0; this rank raises it too" in traceback1
     assert "raised in callback CSVLogger during event before_fit" in traceback0
@@ -83,7 +60,7 @@ def test_a_rank_zero_only_failure_meets_backup_and_restores_exchange(tmp_path):
     # Rank 1 has no FailInBeforeFit: it meets rank 0's after_exception in BackupAndRestore's
     # folder check (order 1000), not in the DistributedTrainer's before_epoch.
     folder = tmp_path / "b"
-    rank0, rank1 = _errors_of_two_ranks(
+    rank0, rank1 = errors_of_two_ranks(
         tmp_path / "ranks",
         lambda r: _learner([FailInBeforeFit((0,), rank_zero_only=True), BackupAndRestore(folder)])
         .fit(2),
@@ -93,7 +70,7 @@ def test_a_rank_zero_only_failure_meets_backup_and_restores_exchange(tmp_path):
 
 def test_a_failure_after_backup_and_restores_exchange_is_shared_at_the_first_epoch(tmp_path):
     folder = tmp_path / "b"
-    rank0, rank1 = _errors_of_two_ranks(
+    rank0, rank1 = errors_of_two_ranks(
         tmp_path / "ranks",
         lambda r: _learner([BackupAndRestore(folder), FailInBeforeFit((0,), True, order=2000)])
         .fit(2),
@@ -102,14 +79,14 @@ def test_a_failure_after_backup_and_restores_exchange_is_shared_at_the_first_epo
 
 
 def test_a_failure_on_rank_one_only_is_raised_on_rank_zero(tmp_path):
-    rank0, rank1 = _errors_of_two_ranks(
+    rank0, rank1 = errors_of_two_ranks(
         tmp_path / "ranks", lambda r: _learner([FailInBeforeFit((1,))]).fit(2)
     )
     assert rank0 == rank1 == ["ValueError", "setup failed on rank 1"]
 
 
 def test_a_failure_on_every_rank_keeps_each_ranks_own_error(tmp_path):
-    rank0, rank1 = _errors_of_two_ranks(
+    rank0, rank1 = errors_of_two_ranks(
         tmp_path / "ranks", lambda r: _learner([FailInBeforeFit((0, 1))]).fit(2)
     )
     assert rank0 == ["ValueError", "setup failed on rank 0"]
@@ -124,7 +101,7 @@ def test_a_fit_with_no_epoch_to_run_shares_a_setup_failure_at_after_fit(tmp_path
         _learner([BackupAndRestore(folder, delete_on_success=False)]).fit(2)
         _learner([BackupAndRestore(folder), FailInBeforeFit((1,), order=2000)]).fit(2)
 
-    rank0, rank1 = _errors_of_two_ranks(tmp_path / "ranks", fits)
+    rank0, rank1 = errors_of_two_ranks(tmp_path / "ranks", fits)
     assert rank0 == rank1 == ["ValueError", "setup failed on rank 1"]
 
 
@@ -152,5 +129,5 @@ def test_a_rank_zero_only_failure_is_met_before_a_resume_gathers_the_newest_back
             _learner([BackupAndRestore(folder), CrashAt(3)]).fit(2)
         _learner([FailInBeforeFit((0,), rank_zero_only=True)]).fit(2, resume=folder)
 
-    rank0, rank1 = _errors_of_two_ranks(tmp_path / "ranks", fits)
+    rank0, rank1 = errors_of_two_ranks(tmp_path / "ranks", fits)
     assert rank0 == rank1 == ["ValueError", "setup failed on rank 0"]

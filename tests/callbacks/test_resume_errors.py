@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import socket
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from torch import nn
 import hookloop.checkpoint_format as checkpoint_format
 import hookloop.folder_lock as folder_lock
 from conftest import Crash, CrashAt, tiny_dls
-from ddp_helpers import rank_errors, run_two_ranks
+from ddp_helpers import errors_of_two_ranks
 from hookloop import BackupAndRestore, Callback, Learner
 from hookloop.checkpoint import (
     LOCK_NAME,
@@ -30,7 +29,6 @@ from hookloop.checkpoint import (
     prune_checkpoints,
     write_checkpoint,
 )
-from hookloop.distributed import init_distributed
 
 
 class CountBatches(Callback):
@@ -520,34 +518,10 @@ def test_fit_resume_auto_under_a_file_fails_in_before_fit(tmp_path):
     assert a_file.read_text() == "mine"
 
 
-# Under DDP only rank 0 checks and locks the folder; a rank that waited for it in a collective
-# would fail after this timeout with a gloo error instead of the folder's error (a regression
-# fails in seconds, not after the 10-minute default).
-COLLECTIVE_TIMEOUT = 5
-
-
-def _errors_of_two_ranks(out: Path, fit: Callable[[int], object]) -> list[list[str]]:
-    """Each rank's error, [type name, message], from `fit(rank)` run by two ranks (both must
-    fail); their tracebacks are left in `out`."""
-
-    def run(rank_: int, folder: Path) -> None:
-        init_distributed(timeout=COLLECTIVE_TIMEOUT)
-        try:
-            fit(rank_)
-        except Exception as e:
-            (folder / f"raised{rank_}.json").write_text(json.dumps([type(e).__name__, str(e)]))
-            raise
-
-    out.mkdir()
-    codes = run_two_ranks(run, out)
-    assert codes == [1, 1], "\n".join(rank_errors(out))
-    return [json.loads((out / f"raised{r}.json").read_text()) for r in range(2)]
-
-
 def test_under_ddp_a_backup_dir_that_is_a_file_is_the_same_error_on_every_rank(tmp_path):
     a_file = tmp_path / "a_file"
     a_file.write_text("mine")
-    rank0, rank1 = _errors_of_two_ranks(
+    rank0, rank1 = errors_of_two_ranks(
         tmp_path / "ranks", lambda r: _learner([BackupAndRestore(a_file)]).fit(2)
     )
     assert rank0 == rank1
@@ -561,7 +535,7 @@ def test_under_ddp_a_folder_in_use_is_the_same_error_on_every_rank(tmp_path):
     other_run = FolderLock(folder, owner="test")  # held by this process, not by the ranks
     assert other_run.acquire()
     try:
-        rank0, rank1 = _errors_of_two_ranks(
+        rank0, rank1 = errors_of_two_ranks(
             tmp_path / "ranks", lambda r: _learner([BackupAndRestore(folder)]).fit(2)
         )
     finally:
@@ -573,13 +547,13 @@ def test_under_ddp_a_folder_in_use_is_the_same_error_on_every_rank(tmp_path):
 
 def test_under_ddp_a_resume_mismatch_on_one_rank_is_the_same_error_on_every_rank(tmp_path):
     folder = tmp_path / "b"
-    crashed = _errors_of_two_ranks(
+    crashed = errors_of_two_ranks(
         tmp_path / "crash", lambda r: _learner([BackupAndRestore(folder), CrashAt(3)]).fit(2)
     )
     assert crashed == [["Crash", ""], ["Crash", ""]]  # in epoch 1: a backup of epoch 0 is left
     # Rank 0 resumes its AdamW state as it should; rank 1 alone finds the mismatch.
     opt_funcs = [torch.optim.AdamW, torch.optim.SGD]
-    rank0, rank1 = _errors_of_two_ranks(
+    rank0, rank1 = errors_of_two_ranks(
         tmp_path / "resume",
         lambda r: _learner([BackupAndRestore(folder)], opt_func=opt_funcs[r]).fit(2),
     )
