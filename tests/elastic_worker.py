@@ -15,12 +15,10 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-import hookloop.checkpoint_format as checkpoint_format
 from hookloop import (
     BackupAndRestore,
     CSVLogger,
@@ -31,37 +29,13 @@ from hookloop import (
 )
 from hookloop.checkpoint import atomic_save
 
-# The kill helpers and the result layout of the single-process resume worker (run as a script,
-# as tools/resume_soak.py does, so its folder goes on the path).
+# The kill helpers (at a batch, inside a checkpoint write) and the result layout of the
+# single-process resume worker (run as a script, as tools/resume_soak.py does, so its folder
+# goes on the path).
 sys.path.insert(0, str(Path(__file__).parent / "callbacks"))
-from resume_worker import KillAtBatch, die, user_view  # noqa: E402
+from resume_worker import KillAtBatch, arm_kill_in_write, user_view  # noqa: E402
 
 N_EPOCH = 3
-
-
-def arm_kill_in_write(nth: int, stage: str) -> None:
-    """SIGKILL inside the `nth` checkpoint write: `half:i` after writing half of its file i."""
-    count = {"ckpt": 0, "file": 0}
-    write_checkpoint, write_file = checkpoint_format.write_checkpoint, checkpoint_format._write_file
-
-    def counting_write_checkpoint(*args: Any, **kwargs: Any) -> Any:
-        count["ckpt"] += 1
-        count["file"] = 0
-        return write_checkpoint(*args, **kwargs)
-
-    def killing_write_file(path: Path, data: bytes) -> None:
-        i = count["file"]
-        count["file"] += 1
-        if count["ckpt"] == nth and stage == f"half:{i}":
-            with open(path, "wb") as f:
-                f.write(data[: len(data) // 2])
-                f.flush()
-                os.fsync(f.fileno())
-            die()
-        write_file(path, data)
-
-    checkpoint_format.write_checkpoint = counting_write_checkpoint
-    checkpoint_format._write_file = killing_write_file
 
 
 def main() -> None:
