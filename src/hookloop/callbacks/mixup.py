@@ -67,7 +67,7 @@ class MixedLoss:
         # dynamic batch size, like the inputs (the short last batch takes the same graph).
         # A float32 0-dim tensor times a float32 loss is bit-equal to the float times it.
         # `__call__` reads these two lists only: reading `parts` would make the floats guards.
-        self.weights = [torch.tensor(w, dtype=torch.float32) for w, _ in self.parts]
+        self.weights = [torch.scalar_tensor(w, dtype=torch.float32) for w, _ in self.parts]
         self.indices = [idx for _, idx in self.parts]
         for idx in self.indices:
             if idx is not None:
