@@ -159,17 +159,18 @@ def _fused_step(opt: torch.optim.Optimizer) -> Any:
     eager = opt.step
     # Fused SGD takes no sparse gradients (nn.Embedding(sparse=True)): looked at in the first
     # step only, since a parameter's gradients are sparse at every step or at none.
-    sparse: list[bool] = [] if type(opt) is torch.optim.SGD else [False]
+    sparse: bool | None = None if type(opt) is torch.optim.SGD else False  # None: not seen yet
 
     def step(closure: Any = None) -> Any:
+        nonlocal sparse
         # Read at each step: load_state_dict (a resume) replaces the list of groups.
         groups = opt.param_groups
-        if not sparse:
+        if sparse is None:
             grads = [p.grad for g in groups for p in g["params"] if p.grad is not None]
             if not grads:  # gradients made by a closure: this step stays torch's own
                 return eager(closure)
-            sparse.append(any(grad.is_sparse for grad in grads))
-        if sparse[0]:
+            sparse = any(grad.is_sparse for grad in grads)
+        if sparse:
             return eager(closure)
         saved = [(g.get("fused"), g.get("foreach")) for g in groups]
         for g in groups:
@@ -351,7 +352,7 @@ class Compile(Callback):
         self.regions = {"forward": "eager", "step": "eager"}
         if "forward" not in eager:
             self._install_forward()
-        if self.compile_step is not False and "step" not in eager:
+        if compile_step and "step" not in eager:
             kind = _step_kind(opt, self.compile_step)
             self._opt, self._opt_step = opt, opt.__dict__.get("step")
             opt.step = _fused_step(opt) if kind == "fused" else self._compiled_step(opt)
