@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from hookloop.distributed import init_distributed
+
 # A forked child starts in milliseconds (torch is already imported); a spawned one takes ~5 s.
 RUN_TIMEOUT = 60.0
 
@@ -83,7 +85,6 @@ COLLECTIVE_TIMEOUT = 5
 def errors_of_two_ranks(out: Path, fit: Callable[[int], object]) -> list[list[str]]:
     """Each rank's error, [type name, message], from `fit(rank)` run by two ranks with a
     COLLECTIVE_TIMEOUT-second group (both must fail); their tracebacks are left in `out`."""
-    from hookloop.distributed import init_distributed
 
     def run(rank_: int, folder: Path) -> None:
         init_distributed(timeout=COLLECTIVE_TIMEOUT)
